@@ -1,0 +1,16 @@
+"""common.config.mta -- the schema of mta.yaml.
+
+Lives in common so that postroom-config can check every file without importing a daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .core import Listener, doc
+
+
+@dataclass(frozen=True)
+class MtaConfig:
+    listeners: Mapping[str, Listener] = doc("named listening endpoints", default_factory=dict)

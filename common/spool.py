@@ -1,0 +1,370 @@
+"""common.spool -- the on-disk queue shared by the MTA and the MDA.
+
+One file per message: a magic line, the envelope as one JSON record, the message
+bytes, an END marker, then zero or more status records appended as recipients are
+delivered, deferred or bounced. The format is documented in docs/spool.md.
+
+Queue directories are states, and a state change is a rename:
+
+    tmp/       being written; never read by anyone; cleaned at start
+    incoming/  committed, fsync'd, not yet seen by the queue manager
+    active/    the queue manager is working on it
+    deferred/  waiting for a retry
+    hold/      held by the administrator
+    corrupt/   could not be parsed; kept for a human
+    maildrop/  local submissions from postroom-sendmail, checked by the pickup
+    mda/       hand-offs from the queue manager to the MDA (see Handoff)
+    mda-done/  the MDA's per-recipient results for the queue manager
+
+A file appears in a queue directory only after its data was fsync'd; the rename is
+followed by an fsync of the directory before anyone is told (250, exit 0).
+
+SECURITY: spool files are created 0600 (readable only by the MTA's user); the
+envelope is JSON, never code; a file that does not parse is moved to corrupt/ by the
+reader, never half-trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .fsutil import fsync_dir, write_file_synced
+
+MAGIC = b"POSTROOM-SPOOL 1\n"
+END = b"\nEND\n"
+QUEUES = ("tmp", "incoming", "active", "deferred", "hold", "corrupt", "maildrop", "mda", "mda-done")
+
+# Recipient states.
+PENDING = "pending"
+DELIVERED = "delivered"
+DEFERRED = "deferred"
+BOUNCED = "bounced"
+
+
+class CorruptSpoolFile(Exception):
+    """A spool file that cannot be parsed. The caller moves it to corrupt/."""
+
+
+_counter = itertools.count()
+
+
+def new_queue_id() -> str:
+    """Unique across processes and restarts, and sorting by arrival time.
+
+    14 hex digits of microseconds since the epoch, 5 of the process id, 3 of a
+    per-process counter: 22 upper-case hex characters."""
+    usec = time.time_ns() // 1000
+    return f"{usec:014X}{os.getpid() & 0xFFFFF:05X}{next(_counter) & 0xFFF:03X}"
+
+
+def new_trace_id() -> str:
+    """An opaque ID that follows one message through every daemon's log."""
+    return uuid.uuid4().hex[:16]
+
+
+@dataclass
+class Recipient:
+    address: str
+    orcpt: str | None = None            # DSN ORCPT, as given ("rfc822;user@example.org")
+    notify: tuple[str, ...] | None = None  # DSN NOTIFY: NEVER or some of SUCCESS, FAILURE, DELAY
+    original: str | None = None         # the address before aliases/subaddress handling
+    mailbox: str | None = None          # local delivery: the user database name
+    folder: str | None = None           # local delivery: a folder asked for (+detail)
+    # Delivery state, rebuilt from status records when a file is read.
+    state: str = PENDING
+    reason: str | None = None
+    status: str | None = None           # enhanced status code of the last attempt
+    remote_mta: str | None = None
+    attempts: int = 0
+    next_attempt: float | None = None
+    last_attempt: float | None = None
+
+
+@dataclass
+class Envelope:
+    sender: str                          # "" for the null reverse-path
+    recipients: list[Recipient]
+    queue_id: str = field(default_factory=new_queue_id)
+    trace_id: str = field(default_factory=new_trace_id)
+    arrival: float = field(default_factory=time.time)
+    source: str = "smtp"                 # smtp, submission, sendmail, lmtp, bounce, local
+    client_address: str | None = None
+    client_port: int | None = None
+    client_name: str | None = None       # reverse DNS name, if verified
+    helo: str | None = None
+    auth_user: str | None = None
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+    body: str = "7BIT"                   # 7BIT, 8BITMIME or BINARYMIME
+    smtputf8: bool = False
+    ret: str | None = None               # DSN RET: FULL or HDRS
+    envid: str | None = None             # DSN ENVID
+    size: int = 0                        # message bytes
+    extra: dict[str, Any] = field(default_factory=dict)   # free-form, e.g. spam marks
+
+    def to_json(self) -> bytes:
+        d = dataclasses.asdict(self)
+        for r in d["recipients"]:
+            # Delivery state lives in status records, not in the envelope.
+            for k in ("state", "reason", "status", "remote_mta", "attempts", "next_attempt", "last_attempt"):
+                r.pop(k)
+        return json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Envelope":
+        d = json.loads(data.decode("utf-8"))
+        if not isinstance(d, dict) or "sender" not in d or "recipients" not in d:
+            raise ValueError("envelope lacks sender or recipients")
+        rcpts = []
+        for r in d.pop("recipients"):
+            if r.get("notify") is not None:
+                r["notify"] = tuple(r["notify"])
+            rcpts.append(Recipient(**r))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(recipients=rcpts, **{k: v for k, v in d.items() if k in known})
+
+
+def encode_header(envelope: Envelope) -> bytes:
+    """Everything that precedes the message bytes."""
+    env = envelope.to_json()
+    return MAGIC + b"E %d\n" % len(env) + env + b"\nM %d\n" % envelope.size
+
+
+def encode(envelope: Envelope, message: bytes) -> list[bytes]:
+    """The chunks of a complete spool file for a message held in memory."""
+    envelope.size = len(message)
+    return [encode_header(envelope), message, END]
+
+
+def status_record(rcpt_index: int, state: str, **info: Any) -> bytes:
+    """One appended status line: a recipient's new state and why."""
+    rec = {"rcpt": rcpt_index, "state": state, "time": time.time(), **info}
+    return b"S " + json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+@dataclass
+class SpoolFile:
+    """A parsed spool file: the envelope with recipient states applied."""
+
+    path: Path
+    envelope: Envelope
+    message_offset: int
+    status_records: list[dict[str, Any]]
+
+    @property
+    def queue_id(self) -> str:
+        return self.envelope.queue_id
+
+    def open_message(self) -> BinaryIO:
+        """The file, positioned at the first byte of the message; read envelope.size bytes."""
+        f = open(self.path, "rb")
+        f.seek(self.message_offset)
+        return f
+
+    def read_message(self) -> bytes:
+        with self.open_message() as f:
+            return f.read(self.envelope.size)
+
+    def pending(self) -> list[tuple[int, Recipient]]:
+        return [(i, r) for i, r in enumerate(self.envelope.recipients) if r.state in (PENDING, DEFERRED)]
+
+
+def parse(path: Path) -> SpoolFile:
+    """Read and check a spool file. Raises CorruptSpoolFile, or OSError."""
+    with open(path, "rb") as f:
+        if f.readline() != MAGIC:
+            raise CorruptSpoolFile(f"{path.name}: bad magic")
+        env_len = _length(f.readline(), b"E")
+        env_data = f.read(env_len)
+        if len(env_data) != env_len or f.read(1) != b"\n":
+            raise CorruptSpoolFile(f"{path.name}: truncated envelope")
+        try:
+            envelope = Envelope.from_json(env_data)
+        except (ValueError, TypeError, KeyError) as e:
+            raise CorruptSpoolFile(f"{path.name}: bad envelope: {e}") from None
+        msg_len = _length(f.readline(), b"M")
+        offset = f.tell()
+        if msg_len != envelope.size:
+            raise CorruptSpoolFile(f"{path.name}: size mismatch")
+        f.seek(offset + msg_len)
+        if f.read(len(END)) != END:
+            raise CorruptSpoolFile(f"{path.name}: no END marker")
+        records = []
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # a torn final append: the update never happened
+            if not line.startswith(b"S "):
+                raise CorruptSpoolFile(f"{path.name}: bad status record")
+            try:
+                rec = json.loads(line[2:].decode("utf-8"))
+                r = envelope.recipients[rec["rcpt"]]
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise CorruptSpoolFile(f"{path.name}: bad status record") from None
+            _apply(r, rec)
+            records.append(rec)
+    return SpoolFile(path, envelope, offset, records)
+
+
+def _length(line: bytes, kind: bytes) -> int:
+    parts = line.split()
+    if len(parts) != 2 or parts[0] != kind or not parts[1].isdigit():
+        raise CorruptSpoolFile(f"bad {kind.decode()} record")
+    return int(parts[1])
+
+
+def _apply(r: Recipient, rec: dict[str, Any]) -> None:
+    r.state = rec["state"]
+    for k in ("reason", "status", "remote_mta", "next_attempt"):
+        if k in rec:
+            setattr(r, k, rec[k])
+    if rec["state"] in (DELIVERED, DEFERRED, BOUNCED):
+        r.attempts += 1
+        r.last_attempt = rec.get("time")
+
+
+class Spool:
+    """The queue directories under one root, and the verbs on them."""
+
+    def __init__(self, root: Path, create: bool = False, mode: int = 0o700):
+        self.root = Path(root)
+        if create:
+            self.create(mode)
+
+    def create(self, mode: int = 0o700) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=mode)
+        for q in QUEUES:
+            (self.root / q).mkdir(exist_ok=True, mode=mode)
+
+    def dir(self, queue: str) -> Path:
+        assert queue in QUEUES, queue
+        return self.root / queue
+
+    def path(self, queue: str, queue_id: str) -> Path:
+        return self.dir(queue) / queue_id
+
+    def write(self, envelope: Envelope, chunks: Iterable[bytes], queue: str = "incoming",
+              sync_dir: bool = True) -> Path:
+        """Write a whole spool file durably into queue. chunks are the message bytes;
+        envelope.size must already be their total length.
+
+        With sync_dir=False the caller must call sync(queue) before acknowledging:
+        that is how concurrent sessions share one directory fsync (group commit)."""
+        tmp = self.dir("tmp") / envelope.queue_id
+        write_file_synced(tmp, itertools.chain([encode_header(envelope)], chunks, [END]))
+        final = self.path(queue, envelope.queue_id)
+        os.rename(tmp, final)
+        if sync_dir:
+            self.sync(queue)
+        return final
+
+    def sync(self, queue: str) -> None:
+        fsync_dir(self.dir(queue))
+
+    def move(self, queue_id: str, src: str, dst: str, sync: bool = True) -> Path:
+        """A state change: rename between queue directories, then fsync the target
+        (the new name must be durable) and the source (the old must be gone)."""
+        target = self.path(dst, queue_id)
+        os.rename(self.path(src, queue_id), target)
+        if sync:
+            fsync_dir(self.dir(dst))
+            fsync_dir(self.dir(src))
+        return target
+
+    def append_status(self, path: Path, records: Iterable[bytes]) -> None:
+        """Append status records and fsync: recipients' new states are durable on return."""
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.write(fd, b"".join(records))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def remove(self, queue: str, queue_id: str, sync: bool = True) -> None:
+        os.unlink(self.path(queue, queue_id))
+        if sync:
+            fsync_dir(self.dir(queue))
+
+    def list(self, queue: str) -> list[str]:
+        """Queue IDs in queue, oldest first (queue IDs sort by arrival)."""
+        try:
+            names = os.listdir(self.dir(queue))
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if not n.startswith("."))
+
+    def walk(self, queue: str) -> Iterator[SpoolFile | tuple[str, Exception]]:
+        """Parse each file in queue; yield the SpoolFile, or (queue_id, error)."""
+        for qid in self.list(queue):
+            try:
+                yield parse(self.path(queue, qid))
+            except (CorruptSpoolFile, OSError) as e:
+                yield (qid, e)
+
+    def clean_tmp(self, older_than: float = 0.0) -> int:
+        """Remove leftovers of writes that crashed before their rename. Run at start."""
+        removed = 0
+        now = time.time()
+        for name in os.listdir(self.dir("tmp")):
+            p = self.dir("tmp") / name
+            try:
+                if now - p.stat().st_mtime >= older_than:
+                    p.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+
+@dataclass
+class Handoff:
+    """The queue manager's request to the MDA: deliver these local recipients of one
+    spool file. Written durably to mda/<handoff_id>; the MDA answers in
+    mda-done/<handoff_id> with one HandoffResult per recipient, durably, and only
+    then removes the request. The queue manager applies the results as status
+    records, then removes the answer. Each side can crash at any point: the
+    request or the answer is still there, and the MDA's own delivery journal
+    (keyed by handoff_id and recipient index) prevents a second copy."""
+
+    handoff_id: str
+    queue_id: str
+    spool_path: str                      # the spool file holding the message
+    recipients: list[int]                # indices into the envelope's recipients
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Handoff":
+        return cls(**json.loads(data))
+
+
+@dataclass
+class HandoffResult:
+    rcpt: int                            # index into the envelope's recipients
+    state: str                           # delivered, deferred or bounced
+    status: str                          # enhanced status code, e.g. 2.0.0, 4.2.2, 5.1.1
+    reason: str = ""
+
+
+def write_handoff(spool: Spool, handoff: Handoff) -> Path:
+    from .fsutil import write_durably
+    return write_durably(spool.dir("mda"), handoff.handoff_id, [handoff.to_json()], tmp_dir=spool.dir("tmp"))
+
+
+def write_handoff_results(spool: Spool, handoff_id: str, results: list[HandoffResult]) -> Path:
+    from .fsutil import write_durably
+    data = json.dumps([dataclasses.asdict(r) for r in results], separators=(",", ":")).encode()
+    return write_durably(spool.dir("mda-done"), handoff_id, [data], tmp_dir=spool.dir("tmp"))
+
+
+def read_handoff_results(path: Path) -> list[HandoffResult]:
+    return [HandoffResult(**r) for r in json.loads(path.read_bytes())]

@@ -1,0 +1,1 @@
+"""Command-line tools shipped with common: postroom-config, postroom-passwd, postroom-dev."""

@@ -1,0 +1,1 @@
+"""imapd -- see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""mda -- see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""mta -- see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""pop3d -- see docs/architecture.md."""
