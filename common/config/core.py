@@ -79,3 +79,24 @@ class PostroomConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "local_domains", tuple(d.lower().rstrip(".") for d in self.local_domains))
+
+
+@dataclass(frozen=True)
+class SandboxContext:
+    """What postroom-dev tells each daemon schema's sandbox_yaml(): where the sandbox
+    lives and which loopback ports it uses (every port shifted by --port-offset)."""
+
+    dir: Path
+    port_offset: int = 0
+
+    BASE_PORTS = {
+        "smtp": 2525, "submission": 2587, "submissions": 2465,
+        "imap": 2143, "imaps": 2993, "pop3": 2110, "pop3s": 2995,
+    }
+
+    def port(self, name: str) -> int:
+        return self.BASE_PORTS[name] + self.port_offset
+
+    @property
+    def lmtp_socket(self) -> Path:
+        return self.dir / "run" / "lmtp.sock"

@@ -9,8 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .core import Listener, doc
+from .mta_checks import ChecksConfig
+from .mta_queue import QueueConfig
 
 
 @dataclass(frozen=True)
 class MtaConfig:
     listeners: Mapping[str, Listener] = doc("named listening endpoints", default_factory=dict)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
