@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .core import Listener, doc
-from .mta_checks import ChecksConfig
+from .mta_checks import ChecksConfig, DnsConfig
 from .mta_queue import QueueConfig
 
 
@@ -17,4 +17,5 @@ from .mta_queue import QueueConfig
 class MtaConfig:
     listeners: Mapping[str, Listener] = doc("named listening endpoints", default_factory=dict)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
