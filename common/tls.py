@@ -1,0 +1,244 @@
+"""common.tls -- TLS contexts for servers and clients, reloadable certificates, STARTTLS.
+
+`ServerTLS(cfg.core.tls)` builds a pyOpenSSL server context from the certificate chain
+and key: TLS 1.2 and 1.3 only (1.3 only if `min_version: "1.3"`), the configured TLS 1.2
+cipher list, no compression, no renegotiation, the server's cipher preference, ECDHE
+with OpenSSL's automatic curve choice. Its `.creator` is one stable object handed to
+`transport.startTLS()` and `TLSMemoryBIOFactory`; `.reload()` swaps the context behind
+it, so a SIGHUP brings a renewed certificate to every new connection while the
+connections already open keep theirs. A reload that fails keeps the old context.
+
+`client_creator(hostname, verify)` is for outbound connections: verified with
+service-identity when policy asks, or encrypted without verification for
+opportunistic TLS.
+
+STARTTLS: the sans-IO cores drop whatever they had buffered after the STARTTLS
+command when they emit their start-TLS event; the glue then calls `start_tls()`.
+Anything the client pipelined behind STARTTLS is therefore never executed (the
+plaintext injection of CVE-2011-0411).
+
+SECURITY: the certificate and key files are trusted (the administrator's); the key is
+read once per (re)load and kept only inside OpenSSL.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from pathlib import Path
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .config.core import TlsFiles
+from .config.loader import ConfigError
+
+log = Logger(namespace="postroom.tls")
+
+_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+
+#: Every ServerTLS alive in this process; the runner reloads them on SIGHUP.
+_INSTANCES: "weakref.WeakSet[ServerTLS]" = weakref.WeakSet()
+
+
+def _ssl_reason(err: Exception) -> str:
+    """OpenSSL's error queue as a short readable reason."""
+    if isinstance(err, SSL.Error) and err.args and isinstance(err.args[0], list) and err.args[0]:
+        return "; ".join(str(e[-1]) for e in err.args[0])
+    return str(err) or type(err).__name__
+
+
+def _readable(path: Path | None, key: str, config_file: str | None) -> Path:
+    if path is None:
+        raise ConfigError(config_file, None, key, "is required for a TLS listener")
+    try:
+        with open(path, "rb") as f:
+            if not f.read(1):
+                raise ConfigError(path, None, key, "the file is empty")
+    except OSError as e:
+        raise ConfigError(path, None, key, f"cannot read: {e.strerror or e}") from None
+    return path
+
+
+def build_server_context(tls: TlsFiles, config_file: str | None = None) -> SSL.Context:
+    """A fresh server context from the files in tls. Raises ConfigError."""
+    cert = _readable(tls.certificate, "tls.certificate", config_file)
+    key = _readable(tls.key, "tls.key", config_file)
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(_VERSIONS[tls.min_version])
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
+                    | SSL.OP_NO_RENEGOTIATION | SSL.OP_SINGLE_ECDH_USE)
+    # OpenSSL >= 1.1.0 chooses the ECDHE curve automatically (ECDH auto is always on).
+    try:
+        ctx.set_cipher_list(tls.ciphers.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError) as e:
+        raise ConfigError(config_file, None, "tls.ciphers", f"no usable cipher: {_ssl_reason(e)}") from None
+    try:
+        ctx.use_certificate_chain_file(str(cert).encode())
+    except SSL.Error as e:
+        raise ConfigError(cert, None, "tls.certificate", f"not a PEM certificate chain: {_ssl_reason(e)}") from None
+    try:
+        ctx.use_privatekey_file(str(key).encode())
+    except SSL.Error as e:
+        raise ConfigError(key, None, "tls.key", f"not a usable PEM private key: {_ssl_reason(e)}") from None
+    try:
+        ctx.check_privatekey()
+    except SSL.Error:
+        raise ConfigError(key, None, "tls.key", f"the key does not match the certificate {cert}") from None
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    ctx.set_session_id(b"postroom")
+    return ctx
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _ServerCreator:
+    """The stable object listeners hold; the context inside it changes on reload."""
+
+    def __init__(self, ctx: SSL.Context):
+        self.context = ctx
+
+    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        return SSL.Connection(self.context, None)
+
+
+class ServerTLS:
+    """A server TLS context built from certificate and key files, reloadable."""
+
+    def __init__(self, tls: TlsFiles, config_file: str | Path | None = None):
+        self.files = tls
+        self.config_file = str(config_file) if config_file is not None else None
+        self.creator = _ServerCreator(build_server_context(tls, self.config_file))
+        _INSTANCES.add(self)
+
+    @property
+    def context(self) -> SSL.Context:
+        return self.creator.context
+
+    def reload(self) -> bool:
+        """Re-read the files. New connections get the new certificate; on failure the
+        old context stays and the error is logged. Returns whether it changed."""
+        try:
+            ctx = build_server_context(self.files, self.config_file)
+        except ConfigError as e:
+            log.error("TLS reload failed, keeping the old certificate: {error}", error=str(e))
+            return False
+        self.creator.context = ctx
+        log.info("TLS certificate reloaded from {path}", path=str(self.files.certificate))
+        return True
+
+
+def all_server_tls() -> list[ServerTLS]:
+    """Every ServerTLS alive in this process."""
+    return list(_INSTANCES)
+
+
+def start_tls(transport, server_tls: ServerTLS) -> None:
+    """Begin the server side of STARTTLS on transport.
+
+    Call it only after the protocol core has discarded its buffered input (the cores
+    do this when they emit their start-TLS event) and after the "ready to start TLS"
+    reply has been written: the transport sends that reply in clear before the
+    handshake starts."""
+    transport.startTLS(server_tls.creator)
+
+
+def _connection(transport) -> SSL.Connection | None:
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is None:
+        return None
+    try:
+        handle = get_handle()
+    except Exception:
+        return None
+    return handle if isinstance(handle, SSL.Connection) else None
+
+
+def tls_started(transport) -> bool:
+    """Whether TLS has been started on transport (the handshake may be in progress;
+    no application data passes before it completes)."""
+    return _connection(transport) is not None
+
+
+def tls_info(transport) -> tuple[str, str] | None:
+    """(protocol version such as "TLSv1.3", cipher name) of an established TLS
+    connection, or None when the connection is not (yet) encrypted."""
+    conn = _connection(transport)
+    if conn is None:
+        return None
+    cipher = conn.get_cipher_name()
+    if not cipher:
+        return None
+    return conn.get_protocol_version_name(), cipher
+
+
+# -- outbound ---------------------------------------------------------------
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedClientCreator:
+    """Encrypts without checking the peer: opportunistic TLS (`may`), where the
+    alternative is plain text."""
+
+    def __init__(self, hostname: str | None):
+        self.hostname = hostname
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+        ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+        self.context = ctx
+
+    def clientConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        conn = SSL.Connection(self.context, None)
+        if self.hostname and not _is_ip(self.hostname):
+            conn.set_tlsext_host_name(self.hostname.encode("idna"))
+        conn.set_connect_state()
+        return conn
+
+
+def _is_ip(name: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _trust_root(ca_file: Path):
+    from twisted.internet import ssl as tssl
+
+    pem = Path(ca_file).read_bytes()
+    blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem, re.S)
+    if not blocks:
+        raise ValueError(f"{ca_file}: no PEM certificate found")
+    return tssl.trustRootFromCertificates([tssl.Certificate.loadPEM(b) for b in blocks])
+
+
+def client_creator(hostname: str | None, verify: bool, ca_file: Path | None = None):
+    """A client connection creator for an outbound TLS connection to hostname.
+
+    verify=True checks the certificate chain (against ca_file, else the system's
+    roots) and the name with service-identity, TLS 1.2 at least. verify=False
+    encrypts without checking anything."""
+    if not verify:
+        return _UnverifiedClientCreator(hostname)
+    from twisted.internet import ssl as tssl
+
+    if not hostname:
+        raise ValueError("a verified TLS connection needs the peer's host name")
+    trust = _trust_root(ca_file) if ca_file is not None else tssl.platformTrust()
+    return tssl.optionsForClientTLS(
+        hostname, trustRoot=trust,
+        extraCertificateOptions={"raiseMinimumTo": tssl.TLSVersion.TLSv1_2},
+    )
+
+
+def certificate_serial(path: Path) -> int:
+    """The serial number of the first certificate in a PEM file (for logs and tests)."""
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(Path(path).read_bytes()).serial_number
