@@ -6,6 +6,7 @@ Each test writes its own daemon file (mta.yaml, imapd.yaml, ...) next to it."""
 from __future__ import annotations
 
 import functools
+import getpass
 import shutil
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def base_config(tmp_path: Path, users: dict[str, str] | None = None, core_extra:
     doms = ", ".join(local_domains)
     (etc / "postroom.yaml").write_text(
         f"""hostname: mail.example.test
+user: {getpass.getuser()}
 local_domains: [{doms}]
 paths:
   spool: {tmp_path / 'spool'}
