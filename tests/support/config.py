@@ -52,7 +52,7 @@ def base_config(tmp_path: Path, users: dict[str, str] | None = None, core_extra:
         local, _, domain = name.partition("@")
         home = tmp_path / "mail" / domain / local
         extra = (user_extra or {}).get(name, "")
-        lines.append(f"{name}:{_hash(password)}:::{home}::{extra}")
+        lines.append(f"{name}:{_hash(password)}::::{home}::{extra}")
     (etc / "users").write_text("\n".join(lines) + "\n")
     doms = ", ".join(local_domains)
     (etc / "postroom.yaml").write_text(
