@@ -1,1 +1,5 @@
-"""common.smtp -- SMTP protocol cores without I/O: server (SMTP and LMTP) and the outbound client."""
+"""common.smtp -- SMTP protocol cores without I/O, shared by the MTA and the MDA.
+
+`server.SmtpServerConn` is the SMTP/LMTP server state machine; `replies` formats
+replies with enhanced status codes.
+"""
