@@ -1,0 +1,150 @@
+"""common.storage.lock -- the dotlock Dovecot uses for dovecot-uidlist, and an fcntl lock.
+
+DotLock: "<file>.lock" created with O_EXCL (works on NFS-less local disks and is what
+Dovecot's file_dotlock does), holding "pid:host". Another holder waits a bounded time;
+a lock whose mtime has not changed for `stale` seconds (Dovecot: 2 minutes for the
+uidlist), or whose pid on this host is dead, is removed. Data guarded by the lock is
+rewritten through a temporary file and a rename while it is held, so readers never
+need the lock.
+
+FileLock: an flock() on a file, released by the kernel when the process dies; used for
+the POP3 session lock, which must never be stale.
+
+SECURITY: lock files live inside the user's maildir and are opened with O_NOFOLLOW.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+from .errors import LockTimeout, MailboxInUse
+
+_HOST = socket.gethostname().split(".")[0]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class DotLock:
+    """`with DotLock(path_of_guarded_file): ...` -- Dovecot-compatible dotlock."""
+
+    def __init__(self, target: Path, *, timeout: float = 10.0, stale: float = 120.0,
+                 owner: tuple[int, int] | None = None):
+        self.target = Path(target)
+        self.path = self.target.with_name(self.target.name + ".lock")
+        self.timeout = timeout
+        self.stale = stale
+        self.owner = owner
+        self.held = False
+
+    def acquire(self) -> "DotLock":
+        deadline = time.monotonic() + self.timeout
+        delay = 0.0005
+        content = f"{os.getpid()}:{_HOST}".encode()
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                self._remove_if_stale()
+            else:
+                try:
+                    os.write(fd, content)
+                    if self.owner is not None:
+                        os.fchown(fd, *self.owner)
+                finally:
+                    os.close(fd)
+                self.held = True
+                return self
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"timed out waiting for {self.path}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _remove_if_stale(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        stale = time.time() - st.st_mtime > self.stale
+        if not stale:
+            try:
+                with open(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+                    pid_s, _, host = f.read(300).decode("ascii", "replace").partition(":")
+                if host.strip() == _HOST and pid_s.isdigit() and not _pid_alive(int(pid_s)):
+                    stale = True
+            except OSError:
+                return
+        if stale:
+            try:
+                # Remove only the lock we judged: a fresh one under the same name survives.
+                if os.lstat(self.path).st_ino == st.st_ino:
+                    os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def touch(self) -> None:
+        """Keep a long-held lock from looking stale."""
+        if self.held:
+            os.utime(self.path, follow_symlinks=False)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> "DotLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class FileLock:
+    """An exclusive, non-blocking flock() on path; MailboxInUse when another holds it."""
+
+    def __init__(self, path: Path, owner: tuple[int, int] | None = None):
+        self.path = Path(path)
+        self.fd: int | None = None
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise MailboxInUse("the mailbox is locked by another session") from None
+            raise
+        if owner is not None:
+            try:
+                os.fchown(fd, *owner)
+            except OSError:
+                pass
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)  # closing drops the flock
+
+    def __enter__(self) -> "FileLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self):
+        self.release()
