@@ -134,8 +134,10 @@ class ProxyFactoryTests(unittest.TestCase):
 
     def tls_options(self):
         from common.selfsigned import make_self_signed
-        d = Path(self.mktemp())
-        d.mkdir(parents=True)
+        import shutil
+        import tempfile
+        d = Path(tempfile.mkdtemp(prefix="postroom-proxy-"))
+        self.addCleanup(shutil.rmtree, d)
         make_self_signed(d / "c.pem", d / "k.pem", "mail.example.test")
         return PrivateCertificate.loadPEM((d / "c.pem").read_bytes() + (d / "k.pem").read_bytes()).options()
 
