@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .config.core import TlsFiles
-from .config.loader import ConfigError
+from .config.loader import ConfigError, find_line
 
 log = Logger(namespace="postroom.tls")
 
@@ -53,22 +53,37 @@ def _ssl_reason(err: Exception) -> str:
     return str(err) or type(err).__name__
 
 
-def _readable(path: Path | None, key: str, config_file: str | None) -> Path:
+class _Problem:
+    """Builds the ConfigError for a TLS file: located at the postroom.yaml line that
+    names the file when that file is known, else at the TLS file itself."""
+
+    def __init__(self, config_file: str | None):
+        self.config_file = config_file
+
+    def __call__(self, key: str, path: Path | None, message: str) -> ConfigError:
+        if self.config_file is None:
+            return ConfigError(path, None, key, message)
+        line = find_line(Path(self.config_file), key)
+        return ConfigError(self.config_file, line, key, f"{path}: {message}" if path else message)
+
+
+def _readable(path: Path | None, key: str, problem: _Problem) -> Path:
     if path is None:
-        raise ConfigError(config_file, None, key, "is required for a TLS listener")
+        raise problem(key, None, "is required for a TLS listener")
     try:
         with open(path, "rb") as f:
             if not f.read(1):
-                raise ConfigError(path, None, key, "the file is empty")
+                raise problem(key, path, "the file is empty")
     except OSError as e:
-        raise ConfigError(path, None, key, f"cannot read: {e.strerror or e}") from None
+        raise problem(key, path, f"cannot read: {e.strerror or e}") from None
     return path
 
 
-def build_server_context(tls: TlsFiles, config_file: str | None = None) -> SSL.Context:
+def build_server_context(tls: TlsFiles, config_file: str | Path | None = None) -> SSL.Context:
     """A fresh server context from the files in tls. Raises ConfigError."""
-    cert = _readable(tls.certificate, "tls.certificate", config_file)
-    key = _readable(tls.key, "tls.key", config_file)
+    problem = _Problem(str(config_file) if config_file is not None else None)
+    cert = _readable(tls.certificate, "tls.certificate", problem)
+    key = _readable(tls.key, "tls.key", problem)
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(_VERSIONS[tls.min_version])
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
@@ -77,19 +92,22 @@ def build_server_context(tls: TlsFiles, config_file: str | None = None) -> SSL.C
     try:
         ctx.set_cipher_list(tls.ciphers.encode("ascii"))
     except (SSL.Error, UnicodeEncodeError) as e:
-        raise ConfigError(config_file, None, "tls.ciphers", f"no usable cipher: {_ssl_reason(e)}") from None
+        raise problem("tls.ciphers", None, f"no usable cipher: {_ssl_reason(e)}") from None
     try:
         ctx.use_certificate_chain_file(str(cert).encode())
     except SSL.Error as e:
-        raise ConfigError(cert, None, "tls.certificate", f"not a PEM certificate chain: {_ssl_reason(e)}") from None
+        raise problem("tls.certificate", cert, f"not a PEM certificate chain: {_ssl_reason(e)}") from None
     try:
         ctx.use_privatekey_file(str(key).encode())
     except SSL.Error as e:
-        raise ConfigError(key, None, "tls.key", f"not a usable PEM private key: {_ssl_reason(e)}") from None
+        reason = _ssl_reason(e)
+        if "mismatch" in reason:
+            raise problem("tls.key", key, f"does not match the certificate {cert}") from None
+        raise problem("tls.key", key, f"not a usable PEM private key: {reason}") from None
     try:
         ctx.check_privatekey()
     except SSL.Error:
-        raise ConfigError(key, None, "tls.key", f"the key does not match the certificate {cert}") from None
+        raise problem("tls.key", key, f"does not match the certificate {cert}") from None
     ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
     ctx.set_session_id(b"postroom")
     return ctx

@@ -341,3 +341,25 @@ def _fmt_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+def find_line(path: Path, dotted_key: str) -> int | None:
+    """The line where dotted_key ("tls.certificate") is written in a YAML file, or None.
+
+    For errors found after loading (an unreadable certificate), so they can still
+    point at the line to fix."""
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    line = None
+    for part in dotted_key.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        for knode, vnode in node.value:
+            if isinstance(knode, yaml.ScalarNode) and knode.value == part:
+                line, node = knode.start_mark.line + 1, vnode
+                break
+        else:
+            return None
+    return line

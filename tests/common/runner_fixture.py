@@ -177,5 +177,28 @@ def main(argv=None):
     runner.run("fixture", build, argv, description="postroom runner test daemon")
 
 
+
+# -- for the tests --------------------------------------------------------------
+
+MODULE = "tests.common.runner_fixture"
+
+
+def fixture_config(tmp_path, fixture_yaml: str, core_extra: str = ""):
+    """A test configuration folder with fixture.yaml next to postroom.yaml."""
+    from tests.support.config import base_config
+
+    etc = base_config(tmp_path, core_extra=core_extra)
+    (etc / "fixture.yaml").write_text(fixture_yaml)
+    return etc
+
+
+def set_core(etc, old: str, new: str) -> None:
+    """Replace one line of postroom.yaml (e.g. the user: line)."""
+    path = etc / "postroom.yaml"
+    text = path.read_text()
+    lines = [new if line.startswith(old) else line for line in text.splitlines()]
+    path.write_text("\n".join(line for line in lines if line is not None and line != "") + "\n")
+
+
 if __name__ == "__main__":
     main()
