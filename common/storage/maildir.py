@@ -395,6 +395,10 @@ class MailStore:
             self._write_subscriptions([n for n in names if n != name])
 
     def special_use(self) -> dict[str, str]:
+        """{mailbox: "\\Sent", ...} for the folders that exist."""
+        return {n: u for n, u in self._special_use_table().items() if self.mailbox_exists(n)}
+
+    def _special_use_table(self) -> dict[str, str]:
         got = _read_control(self.root / SPECIAL_USE)
         table: dict[str, str] = {}
         if got is None:
@@ -407,13 +411,13 @@ class MailStore:
                 continue
             if use.startswith("\\") and use[1:].isalpha():
                 table[name] = use
-        return {n: u for n, u in table.items() if self.mailbox_exists(n)}
+        return table
 
     def _edit_special_use(self, edit) -> None:
         got = _read_control(self.root / SPECIAL_USE)
         if got is None:
             return
-        table = self.special_use()
+        table = self._special_use_table()
         edit(table)
         data = "".join(f"{n}\t{u}\n" for n, u in table.items()).encode("utf-8")
         write_durably(self.root, SPECIAL_USE, [data], tmp_dir=self.root / "tmp")
@@ -547,12 +551,13 @@ class MailStore:
 
 def _flag_letters(flags: Iterable[str], keyword_index: dict[str, int] | None = None) -> str:
     letters = set()
+    by_lower = {k.lower(): i for k, i in (keyword_index or {}).items()}
     for flag in flags:
         letter = _LETTER_BY_LOWER.get(flag.lower())
         if letter:
             letters.add(letter)
-        elif keyword_index is not None and flag in keyword_index:
-            letters.add(kwfile.letter(keyword_index[flag]))
+        elif flag.lower() in by_lower:
+            letters.add(kwfile.letter(by_lower[flag.lower()]))
     return "".join(sorted(letters))
 
 
@@ -967,6 +972,7 @@ class Mailbox:
                 ul = self._fresh_uidlist()
             uids = [ul.assign(_split_name(final)[0]) for _, final in files]
             self._write_uidlist(ul)
+            self.uidnext = ul.next_uid
         return uids
 
     def copy(self, uids: Iterable[int], dest: str) -> list[tuple[int, int]]:

@@ -53,6 +53,7 @@ def decode_mutf7(s: str) -> str:
     does not allow (8-bit, a bad base64 run, padding, ASCII encoded in base64)."""
     out: list[str] = []
     i, n = 0, len(s)
+    run_ended_at = -1
     while i < n:
         ch = s[i]
         if not 0x20 <= ord(ch) <= 0x7E:
@@ -65,6 +66,8 @@ def decode_mutf7(s: str) -> str:
         if end < 0:
             raise ValueError("unterminated modified base64 run")
         run = s[i + 1:end]
+        if run and run_ended_at == i:
+            raise ValueError("superfluous shift between two base64 runs")
         i = end + 1
         if not run:
             out.append("&")
@@ -78,6 +81,7 @@ def decode_mutf7(s: str) -> str:
         if any(0x20 <= ord(c) <= 0x7E for c in text):
             raise ValueError("printable ASCII must not be base64-encoded")
         out.append(text)
+        run_ended_at = i
     return "".join(out)
 
 
