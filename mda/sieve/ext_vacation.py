@@ -10,6 +10,7 @@ from .interpreter import Context, Vacation
 from .parser import REGISTRY, Checker, Node, Spec, TagSpec
 
 REGISTRY.capability("vacation", "vacation-seconds")
+REGISTRY.implies["vacation-seconds"] = ("vacation",)   # RFC 6131 3
 
 MAX_REASON = 64 * 1024
 

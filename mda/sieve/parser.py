@@ -121,6 +121,7 @@ class Registry:
         self.tests: dict[str, Spec] = {}
         self.groups: dict[str, dict[str, TagSpec]] = {"comparator": {}, "match": {}, "addrpart": {}}
         self.capabilities: set[str] = set()
+        self.implies: dict[str, tuple[str, ...]] = {}
 
     def command(self, spec: Spec) -> Spec:
         spec.kind = "command"
@@ -348,6 +349,7 @@ class Checker:
             if name not in self.registry.capabilities:
                 raise self.fail(node.args[0], f"unknown extension {name!r}")
             self.requires.add(name)
+            self.requires.update(self.registry.implies.get(name, ()))
 
     def node(self, node: Node, kind: str) -> None:
         table = self.registry.commands if kind == "command" else self.registry.tests
