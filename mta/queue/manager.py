@@ -1,0 +1,628 @@
+"""mta.queue.manager -- the scheduler: takes spooled messages to their destinations.
+
+Every fact lives in the spool (common/spool.py); memory only holds what is in
+flight, so a restart at any moment loses nothing and repeats nothing the spool
+records as done:
+
+- incoming/ -> active/: a message the scheduler works on. Its pending recipients
+  are routed (routing.py); remote ones are grouped per next hop into deliveries
+  (outbound.py), local ones go to the MDA as one `Handoff` in mda/.
+- Each delivery's per-recipient outcome is appended as a status record and
+  fsync'd the moment the server's reply arrives: delivered, deferred (reason and
+  next attempt) or bounced. A permanent failure is first written as a notice into
+  incoming/ (durably), then recorded as bounced, so a crash can repeat a notice but
+  never lose one.
+- When nothing is in flight for a message: no recipient left -> the file is
+  removed; otherwise it moves to deferred/ with its mtime set to the next attempt
+  (as Postfix does), so a scan of deferred/ needs only stat().
+
+Retries back off exponentially per recipient (retry_first doubling to retry_max);
+after max_lifetime the remaining recipients bounce; after delay_warning a delay
+notice is sent once (NOTIFY=DELAY, or no NOTIFY). Connections are limited in total
+and per destination; a destination where no host could be reached is backed off
+as a whole (its other deliveries are deferred without connecting).
+
+Fresh mail is attempted at once: `nudge()` (called by the SMTP side after it
+committed a message), inotify on incoming/, maildrop/ and mda-done/ where the
+platform has it, and a scan every `scan_interval` in any case. `postroom-queue
+flush` creates the file `flush` in the spool root; the next scan (at most one
+second later) retries every deferred message and forgets destination back-offs.
+
+SECURITY: the spool is written only by this MTA's user (maildrop/ excepted, which
+pickup.py validates); a file that does not parse goes to corrupt/ with a log line
+and the rest of the queue keeps moving. Message bodies never reach the log.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+
+from common.errors import MailError
+from common.fsutil import fsync_dir, write_file_synced
+from common.log import get_logger
+from common.smtp.client import ClientOptions, Rcpt, Reply, Transaction
+from common.spool import (BOUNCED, DEFERRED, DELIVERED, PENDING, CorruptSpoolFile, Handoff, Spool,
+                          SpoolFile, encode, parse, read_handoff_results,
+                          status_record, write_handoff)
+
+from ..bounce import RecipientReport, build_dsn, dsn_envelope
+from ..outbound import deliver
+from .routing import Credentials, NextHop, Router, resolve_hosts
+
+log = get_logger("mta.queue")
+
+MAX_RCPTS_PER_TRANSACTION = 100
+FLUSH_FLAG = "flush"
+
+
+@dataclass
+class Job:
+    """One delivery: some recipients of one message through one next hop."""
+
+    msg: "ActiveMessage"
+    hop: NextHop
+    indices: list[int]
+
+
+@dataclass
+class ActiveMessage:
+    qid: str
+    sf: SpoolFile
+    outstanding: int = 0                        # jobs and hand-offs in flight
+    failed: list[RecipientReport] = field(default_factory=list)
+    delayed: list[RecipientReport] = field(default_factory=list)
+    succeeded: list[RecipientReport] = field(default_factory=list)
+    failed_indices: list[tuple[int, dict]] = field(default_factory=list)
+
+    @property
+    def env(self):
+        return self.sf.envelope
+
+
+@dataclass
+class Destination:
+    active: int = 0
+    waiting: deque = field(default_factory=deque)
+    down_until: float = 0.0
+    failures: int = 0
+    reason: Reply | None = None
+
+
+class QueueManager(Service):
+    name = "queue"
+
+    def __init__(self, cfg, reactor, resolver=None):
+        self.cfg = cfg
+        self.qcfg = cfg.daemon.queue
+        self.core = cfg.core
+        self.reactor = reactor
+        self.spool = Spool(cfg.core.paths.spool)
+        self.router = Router(self.qcfg, cfg.core.local_domains)
+        self.credentials = Credentials(self.qcfg.relay_credentials)
+        self._resolver = resolver
+        self.helo = self.qcfg.helo_name or cfg.core.hostname
+        self.active: dict[str, ActiveMessage] = {}
+        self.handoffs: dict[str, str] = {}          # handoff_id -> queue id
+        self.in_mda: dict[str, set[int]] = {}       # queue id -> recipients at the MDA
+        self.dests: dict[str, Destination] = {}
+        self.connections = 0
+        self._scan_pending = False
+        self._loop: task.LoopingCall | None = None
+        self._flush_loop: task.LoopingCall | None = None
+        self._notifier = None
+        self._last_deferred_scan = 0.0
+        self.pickup = None
+        self.signer = None
+
+    # --- service ----------------------------------------------------------
+
+    @property
+    def resolver(self):
+        if self._resolver is None:
+            from common.dns import Resolver
+
+            dns_cfg = getattr(self.cfg.daemon, "dns", None)
+            self._resolver = (Resolver.from_config(dns_cfg, self.reactor) if dns_cfg is not None
+                              else Resolver(reactor=self.reactor))
+        return self._resolver
+
+    def startService(self):
+        super().startService()
+        self.spool.create()
+        self.spool.clean_tmp(older_than=0)
+        from ..dkimsign import Signer
+        from .pickup import Pickup
+
+        self.signer = Signer.from_config(self.qcfg, self.core)
+        self.pickup = Pickup(self.spool, self.qcfg, self.core)
+        self._recover_handoffs()
+        # Messages left in active/ by a crash are ours again: load them first.
+        for qid in self.spool.list("active"):
+            self._load(qid, "active")
+        self._watch()
+        self._loop = task.LoopingCall(self._periodic)
+        self._loop.clock = self.reactor
+        self._loop.start(1.0, now=False)
+        self.nudge()
+
+    def stopService(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._notifier is not None:
+            try:
+                self._notifier.loseConnection()
+            except Exception:
+                pass
+        return super().stopService()
+
+    def reload(self):
+        self.credentials.load()
+
+    def nudge(self) -> None:
+        """Look at incoming/ (and maildrop/, mda-done/) now. The receiving side calls
+        this after it committed a message; calls in one reactor turn are merged."""
+        if not self._scan_pending and self.running:
+            self._scan_pending = True
+            self.reactor.callLater(0, self._scan_fresh)
+
+    def _watch(self):
+        try:
+            from twisted.internet import inotify
+            from twisted.python import filepath
+        except ImportError:
+            return
+        try:
+            n = inotify.INotify(self.reactor)
+            n.startReading()
+            for q in ("incoming", "maildrop", "mda-done"):
+                n.watch(filepath.FilePath(str(self.spool.dir(q))),
+                        mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE,
+                        callbacks=[lambda *a: self.nudge()])
+            self._notifier = n
+        except Exception as e:  # no inotify (FreeBSD, limits): the 1 s scan does it
+            log.info("no inotify ({why}); scanning every second", why=str(e))
+
+    def _periodic(self):
+        try:
+            self._scan_fresh()
+            flag = self.spool.root / FLUSH_FLAG
+            force = flag.exists()
+            if force:
+                flag.unlink(missing_ok=True)
+                for d in self.dests.values():
+                    d.down_until = 0.0
+                    d.failures = 0
+                log.info("flush requested: retrying every deferred message")
+            now = time.time()
+            if force or now - self._last_deferred_scan >= self.qcfg.scan_interval:
+                self._last_deferred_scan = now
+                self._scan_deferred(force)
+        except Exception as e:
+            log.failure("queue scan failed: {why}", why=str(e))
+
+    # --- scanning ----------------------------------------------------------
+
+    def _scan_fresh(self):
+        self._scan_pending = False
+        if not self.running:
+            return
+        try:
+            self._apply_mda_results()
+            if self.pickup is not None:
+                self.pickup.run(self.signer)
+            for qid in self.spool.list("incoming"):
+                if len(self.active) >= self.qcfg.max_active:
+                    break
+                if qid in self.active:
+                    continue
+                try:
+                    self.spool.move(qid, "incoming", "active", sync=False)
+                except FileNotFoundError:
+                    continue
+                self._load(qid, "active")
+        except Exception as e:
+            log.failure("scanning incoming failed: {why}", why=str(e))
+
+    def _scan_deferred(self, force: bool):
+        now = time.time()
+        for qid in self.spool.list("deferred"):
+            if len(self.active) >= self.qcfg.max_active:
+                break
+            path = self.spool.path("deferred", qid)
+            try:
+                due = force or path.stat().st_mtime <= now
+                if due:
+                    self.spool.move(qid, "deferred", "active", sync=False)
+            except FileNotFoundError:
+                continue
+            if due:
+                self._load(qid, "active")
+
+    # --- one message -------------------------------------------------------
+
+    def _load(self, qid: str, queue: str) -> None:
+        path = self.spool.path(queue, qid)
+        try:
+            sf = parse(path)
+        except CorruptSpoolFile as e:
+            self._corrupt(qid, queue, str(e))
+            return
+        except OSError as e:
+            log.error("cannot read {queue_id}: {why}", queue_id=qid, why=str(e))
+            return
+        if sf.queue_id != qid:
+            self._corrupt(qid, queue, "queue id does not match the file name")
+            return
+        try:
+            sf = self._maybe_sign(sf)
+        except Exception as e:  # signing never stops delivery
+            log.error("DKIM signing of {queue_id} failed: {why}", queue_id=qid, why=str(e))
+        msg = ActiveMessage(qid, sf)
+        self.active[qid] = msg
+        env = sf.envelope
+        now = time.time()
+        lifetime = self.qcfg.bounce_lifetime if env.sender == "" else self.qcfg.max_lifetime
+        at_mda = self.in_mda.get(qid, set())
+        msg.outstanding += len({h for h, q in self.handoffs.items() if q == qid})
+        pending = [(i, r) for i, r in sf.pending() if i not in at_mda]
+        if pending and now - env.arrival >= lifetime:
+            for i, r in pending:
+                reason = r.reason or "message expired before any delivery attempt"
+                self._record(msg, i, BOUNCED, r.status if r.status and r.status[0] in "45" else "4.4.7",
+                             f"message expired after {_human(now - env.arrival)} in the queue: {reason}",
+                             r.remote_mta, smtp_reply=False, expired=True)
+            pending = []
+        local: list[int] = []
+        remote: dict[NextHop, list[int]] = {}
+        for i, r in pending:
+            try:
+                hop = self.router.route(r)
+            except Exception as e:
+                self._record(msg, i, DEFERRED, "4.3.0", f"routing failed: {e}", None)
+                continue
+            if hop.kind == "local":
+                local.append(i)
+            else:
+                remote.setdefault(hop, []).append(i)
+        if local:
+            self._handoff(msg, local)
+        for hop, indices in remote.items():
+            for o in range(0, len(indices), MAX_RCPTS_PER_TRANSACTION):
+                self._enqueue(Job(msg, hop, indices[o:o + MAX_RCPTS_PER_TRANSACTION]))
+        if msg.outstanding == 0:
+            self._finish(msg)
+        self._pump()
+
+    def _corrupt(self, qid: str, queue: str, why: str) -> None:
+        log.error("moving {queue_id} to corrupt/: {why}", queue_id=qid, why=why)
+        try:
+            self.spool.move(qid, queue, "corrupt")
+        except OSError as e:
+            log.error("cannot move {queue_id} to corrupt/: {why}", queue_id=qid, why=str(e))
+
+    def _maybe_sign(self, sf: SpoolFile) -> SpoolFile:
+        env = sf.envelope
+        if self.signer is None or env.extra.get("dkim") or sf.status_records or not self.signer.wants(env):
+            return sf
+        message = sf.read_message()
+        header = self.signer.sign(env, message)
+        env.extra["dkim"] = "signed" if header else "none"
+        if header:
+            message = header + message
+        # Rewrite the file with the signed message: temp file, fsync, rename over it.
+        tmp = self.spool.dir("tmp") / f"{env.queue_id}.dkim"
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        write_file_synced(tmp, encode(env, message))
+        os.rename(tmp, sf.path)
+        fsync_dir(sf.path.parent)
+        return parse(sf.path)
+
+    # --- status records ------------------------------------------------------
+
+    def _retry_delay(self, attempts: int) -> float:
+        delay = self.qcfg.retry_first * (2 ** max(0, min(attempts - 1, 30)))
+        return min(delay, self.qcfg.retry_max)
+
+    def _record(self, msg: ActiveMessage, i: int, state: str, status: str, reason: str,
+                remote_mta: str | None, smtp_reply: bool = False, expired: bool = False,
+                relayed: bool = False) -> None:
+        """A recipient's outcome: delivered and deferred are appended now; bounced is
+        collected and appended after the notice is written (in _finish)."""
+        r = msg.env.recipients[i]
+        now = time.time()
+        info: dict = {"status": status, "reason": reason[:1000]}
+        if remote_mta:
+            info["remote_mta"] = remote_mta
+        report = RecipientReport(r, "", status, reason, remote_mta, smtp_reply, now)
+        if state == BOUNCED:
+            msg.failed_indices.append((i, info))
+            report.action = "failed"
+            msg.failed.append(report)
+            return
+        if state == DEFERRED:
+            attempts = r.attempts + 1
+            nxt = now + self._retry_delay(attempts)
+            lifetime = self.qcfg.bounce_lifetime if msg.env.sender == "" else self.qcfg.max_lifetime
+            expiry = msg.env.arrival + lifetime
+            info["next_attempt"] = min(nxt, max(expiry, now + 1))
+            warn = self.qcfg.delay_warning
+            if (warn and now - msg.env.arrival >= warn and msg.env.sender != ""
+                    and not _delay_warned(msg.sf, i) and _wants(r, "DELAY", default=True)):
+                info["delay_warned"] = True
+                report.action = "delayed"
+                report.retry_until = expiry
+                msg.delayed.append(report)
+        elif state == DELIVERED:
+            if r.notify and "SUCCESS" in r.notify and msg.env.sender != "":
+                report.action = "relayed" if relayed else "delivered"
+                msg.succeeded.append(report)
+        self.spool.append_status(msg.sf.path, [status_record(i, state, **info)])
+        r.state = state
+        r.attempts += 1
+        r.status, r.reason = status, info["reason"]
+        r.next_attempt = info.get("next_attempt")
+        log.info("{queue_id} to=<{rcpt}> {state} status={status} {reason}", queue_id=msg.qid,
+                 rcpt=r.address, state=state, status=status, reason=info["reason"][:300])
+
+    # --- finishing a message ------------------------------------------------
+
+    def _finish(self, msg: ActiveMessage) -> None:
+        """Nothing in flight for msg: send its notices, then remove or defer it."""
+        self.active.pop(msg.qid, None)
+        try:
+            self._send_notices(msg)
+            if msg.failed_indices:
+                self.spool.append_status(msg.sf.path, [status_record(i, BOUNCED, **info)
+                                                        for i, info in msg.failed_indices])
+                for (i, info), rep in zip(msg.failed_indices, msg.failed):
+                    msg.env.recipients[i].state = BOUNCED
+                    log.info("{queue_id} to=<{rcpt}> bounced status={status} {reason}", queue_id=msg.qid,
+                             rcpt=rep.recipient.address, status=info["status"], reason=info["reason"][:300])
+            left = [r for r in msg.env.recipients if r.state in (PENDING, DEFERRED)]
+            if not left:
+                self.spool.remove("active", msg.qid, sync=False)
+                log.info("{queue_id} removed: every recipient done", queue_id=msg.qid)
+                return
+            nxt = min((r.next_attempt or time.time()) for r in left)
+            self.spool.move(msg.qid, "active", "deferred", sync=False)
+            os.utime(self.spool.path("deferred", msg.qid), (nxt, nxt))
+        except Exception as e:
+            # The file stays in active/; a restart (or the next load) picks it up again.
+            log.failure("finishing {queue_id} failed: {why}", queue_id=msg.qid, why=str(e))
+
+    def _send_notices(self, msg: ActiveMessage) -> None:
+        env = msg.env
+        failed = [rep for rep in msg.failed if _wants(rep.recipient, "FAILURE", default=True)]
+        if msg.failed and env.sender == "":
+            if env.source == "bounce" and not env.extra.get("double_bounce") and self.qcfg.postmaster:
+                self._write_notice(msg, msg.failed, to=self.qcfg.postmaster, double=True)
+            else:
+                log.warn("{queue_id} undeliverable mail with a null sender dropped: {rcpts}",
+                         queue_id=msg.qid, rcpts=", ".join(r.recipient.address for r in msg.failed))
+            return
+        if failed:
+            self._write_notice(msg, failed)
+        if msg.delayed:
+            self._write_notice(msg, msg.delayed)
+        if msg.succeeded:
+            self._write_notice(msg, msg.succeeded)
+
+    def _write_notice(self, msg: ActiveMessage, reports, to: str | None = None, double: bool = False):
+        to = to or msg.env.sender
+        dsn_env = dsn_envelope(msg.env, to, double_bounce=double)
+        body = build_dsn(msg.env, msg.sf.read_message(), reports, self.core.hostname, to=to)
+        dsn_env.size = len(body)
+        self.spool.write(dsn_env, [body], "incoming")
+        log.info("{queue_id} {action} notice {dsn_id} to <{to}>", queue_id=msg.qid,
+                 action=reports[0].action, dsn_id=dsn_env.queue_id, to=to)
+        self.nudge()
+
+    # --- remote deliveries ----------------------------------------------------
+
+    def _enqueue(self, job: Job) -> None:
+        dest = self.dests.setdefault(job.hop.key, Destination())
+        job.msg.outstanding += 1
+        dest.waiting.append(job)
+
+    def _pump(self) -> None:
+        now = time.time()
+        for key, dest in list(self.dests.items()):
+            while dest.waiting:
+                if dest.down_until > now:
+                    job = dest.waiting.popleft()
+                    self._job_done(job, None, dest.reason, backed_off=True)
+                    continue
+                if self.connections >= self.qcfg.max_connections or dest.active >= self.qcfg.max_per_destination:
+                    break
+                job = dest.waiting.popleft()
+                dest.active += 1
+                self.connections += 1
+                d = self._run(job)
+                d.addBoth(self._released, key)
+            if not dest.waiting and not dest.active and dest.down_until <= now:
+                del self.dests[key]
+
+    def _released(self, _, key: str) -> None:
+        self.connections -= 1
+        dest = self.dests.get(key)
+        if dest is not None:
+            dest.active -= 1
+        self._pump()
+
+    @defer.inlineCallbacks
+    def _run(self, job: Job):
+        msg, hop = job.msg, job.hop
+        try:
+            try:
+                hosts = yield resolve_hosts(self.resolver, hop)
+            except MailError as e:
+                reply = Reply(e.code, e.enhanced, e.public if e.detail == e.public else f"{e.public}: {e.detail}",
+                              "resolve")
+                self._job_done(job, None, reply, dns_failure=True)
+                return
+            creds = self.credentials.lookup(hop)
+            level = self.router.tls_level(hop, creds is not None)
+            if creds is None and self.credentials.error and not hop.mx:
+                log.warn("relay credentials unusable: {why}", why=self.credentials.error)
+            env = msg.env
+            message = msg.sf.read_message()
+            tx = Transaction(env.sender, [Rcpt(env.recipients[i].address, env.recipients[i].notify,
+                                               env.recipients[i].orcpt) for i in job.indices],
+                             message, env.body, env.smtputf8, env.ret, env.envid)
+            options = ClientOptions(self.helo, level, creds[0] if creds else None, creds[1] if creds else None)
+            from common.tls import client_creator
+
+            ca = self.qcfg.tls_ca_file
+            delivery = yield deliver(self.reactor, hosts, options, tx, self.qcfg.timeouts,
+                                     lambda name: client_creator(name, level == "verify", ca),
+                                     (self.qcfg.bind_address, self.qcfg.bind_address6))
+            self._job_done(job, delivery, None)
+        except Exception as e:
+            log.failure("delivery of {queue_id} failed unexpectedly: {why}", queue_id=msg.qid, why=str(e))
+            self._job_done(job, None, Reply(451, "4.3.0", f"internal error: {type(e).__name__}", "internal"))
+
+    def _job_done(self, job: Job, delivery, reply: Reply | None, backed_off: bool = False,
+                  dns_failure: bool = False) -> None:
+        msg = job.msg
+        dest = self.dests.get(job.hop.key)
+        try:
+            if delivery is not None:
+                fin = delivery.finished
+                reached = delivery.reached
+                for i, rep in zip(job.indices, fin.replies):
+                    self._outcome(msg, i, rep, delivery.host, relayed=not fin.dsn_offered)
+                if dest is not None:
+                    if reached:
+                        dest.failures = 0
+                    else:
+                        dest.failures += 1
+                        dest.reason = fin.session_reply
+                        dest.down_until = time.time() + min(
+                            self.qcfg.destination_backoff * 2 ** min(dest.failures - 1, 20), self.qcfg.retry_max)
+                        log.info("destination {dest} unreachable; backed off until {until}",
+                                 dest=job.hop.key, until=time.ctime(dest.down_until))
+            else:
+                assert reply is not None
+                text = reply.text if not backed_off else f"delivery to {job.hop.key} deferred: {reply.text}"
+                for i in job.indices:
+                    self._outcome(msg, i, Reply(reply.code, reply.enhanced, text, reply.stage), None,
+                                  smtp=False)
+        except Exception as e:
+            log.failure("recording results of {queue_id} failed: {why}", queue_id=msg.qid, why=str(e))
+        msg.outstanding -= 1
+        if msg.outstanding == 0:
+            self._finish(msg)
+
+    def _outcome(self, msg, i, rep: Reply, host, smtp: bool = True, relayed: bool = False):
+        is_smtp = smtp and rep.stage not in ("connect", "resolve", "internal", "")
+        text = rep.diagnostic() if is_smtp else rep.text
+        if host and is_smtp:
+            text = f"host {host} said: {text}" if not rep.ok else text
+        if rep.ok:
+            self._record(msg, i, DELIVERED, rep.enhanced if rep.enhanced.startswith("2") else "2.0.0",
+                         f"delivered via {host}: {rep.diagnostic()}", host, relayed=relayed)
+        elif rep.temporary:
+            self._record(msg, i, DEFERRED, rep.enhanced if rep.enhanced[:1] == "4" else "4.0.0", text, host,
+                         smtp_reply=is_smtp)
+        else:
+            self._record(msg, i, BOUNCED, rep.enhanced if rep.enhanced[:1] == "5" else "5.0.0",
+                         rep.diagnostic() if is_smtp else text, host, smtp_reply=is_smtp)
+
+    # --- the MDA --------------------------------------------------------------
+
+    def _handoff(self, msg: ActiveMessage, indices: list[int]) -> None:
+        hid = f"{msg.qid}.{uuid.uuid4().hex[:8]}"
+        try:
+            write_handoff(self.spool, Handoff(hid, msg.qid, str(msg.sf.path), indices))
+        except OSError as e:
+            for i in indices:
+                self._record(msg, i, DEFERRED, "4.3.0", f"cannot hand off to the MDA: {e}", None)
+            return
+        self.handoffs[hid] = msg.qid
+        self.in_mda.setdefault(msg.qid, set()).update(indices)
+        msg.outstanding += 1
+
+    def _recover_handoffs(self) -> None:
+        """After a restart: requests still in mda/ are in flight (their recipients are
+        not routed again); answers in mda-done/ are applied by _apply_mda_results."""
+        for hid in self.spool.list("mda"):
+            try:
+                h = Handoff.from_json(self.spool.path("mda", hid).read_bytes())
+            except (OSError, ValueError, TypeError) as e:
+                log.error("unreadable hand-off {hid}: {why}", hid=hid, why=str(e))
+                continue
+            self.handoffs[hid] = h.queue_id
+            self.in_mda.setdefault(h.queue_id, set()).update(h.recipients)
+        for hid in self.spool.list("mda-done"):
+            if hid not in self.handoffs:
+                qid = hid.partition(".")[0]
+                self.handoffs[hid] = qid
+                self.in_mda.setdefault(qid, set())
+
+    def _apply_mda_results(self) -> None:
+        for hid in self.spool.list("mda-done"):
+            path = self.spool.path("mda-done", hid)
+            qid = self.handoffs.get(hid) or hid.partition(".")[0]
+            msg = self.active.get(qid)
+            if msg is None:
+                # The message is not loaded (a restart): load it from active/ first.
+                if self.spool.path("active", qid).exists():
+                    self.handoffs.setdefault(hid, qid)
+                    self._load(qid, "active")
+                    msg = self.active.get(qid)
+                if msg is None:
+                    log.warn("hand-off answer {hid} for a message not in active/; removed", hid=hid)
+                    path.unlink(missing_ok=True)
+                    self.handoffs.pop(hid, None)
+                    continue
+            try:
+                results = read_handoff_results(path)
+            except (OSError, ValueError, TypeError) as e:
+                log.error("unreadable hand-off answer {hid}: {why}", hid=hid, why=str(e))
+                continue
+            done = {i for i, r in enumerate(msg.env.recipients) if r.state not in (PENDING, DEFERRED)}
+            at_mda = self.in_mda.get(qid, set())
+            for res in results:
+                at_mda.discard(res.rcpt)
+                if not 0 <= res.rcpt < len(msg.env.recipients) or res.rcpt in done:
+                    continue
+                code = 250 if res.state == DELIVERED else 451 if res.state == DEFERRED else 550
+                status = res.status or {250: "2.0.0", 451: "4.0.0", 550: "5.0.0"}[code]
+                self._outcome(msg, res.rcpt, Reply(code, status, res.reason or res.state, "mda"), None, smtp=False)
+            path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+            self.handoffs.pop(hid, None)
+            if not any(q == qid for q in self.handoffs.values()):
+                self.in_mda.pop(qid, None)
+            msg.outstanding -= 1
+            if msg.outstanding <= 0:
+                msg.outstanding = 0
+                self._finish(msg)
+
+
+def _wants(r, kind: str, default: bool) -> bool:
+    if r.notify is None:
+        return default
+    return kind in r.notify and "NEVER" not in r.notify
+
+
+def _delay_warned(sf: SpoolFile, i: int) -> bool:
+    return any(rec.get("rcpt") == i and rec.get("delay_warned") for rec in sf.status_records)
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"

@@ -1,0 +1,253 @@
+"""A minimal SMTP sink for the queue manager's tests: a real server on a loopback
+address, in a thread, that records what it was given.
+
+It is the *peer* of the code under test (the outbound client), written with the
+standard library only so it shares no code with postroom. Features are switched on
+per test: STARTTLS, AUTH PLAIN/LOGIN, a greeting code, per-recipient refusals, and
+a delay before the final reply to DATA (a message counts as received only once
+that reply was sent, like a real MTA's commit)."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    data: bytes
+    mail_params: str
+    rcpt_params: list[str]
+    tls: bool
+    auth: str | None
+    helo: str
+
+
+@dataclass
+class SinkOptions:
+    greeting: str = "220 sink.example ESMTP"
+    extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "SIZE 10485760", "DSN", "SMTPUTF8", "ENHANCEDSTATUSCODES")
+    certfile: str | None = None
+    keyfile: str | None = None
+    auth: dict[str, str] | None = None        # username -> password; AUTH offered after TLS only
+    refuse: dict[str, str] = field(default_factory=dict)   # recipient -> reply line
+    data_delay: float = 0.0
+    data_reply: str = "250 2.0.0 Ok: queued"
+
+
+class Sink:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **opts):
+        self.options = SinkOptions(**opts)
+        self.messages: list[Received] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        sink = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            timeout = 30
+
+            def handle(self):
+                with sink.lock:
+                    sink.connections += 1
+                try:
+                    sink._session(self.request)
+                except (OSError, ValueError, ssl.SSLError):
+                    pass
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self.server = Server((host, port), Handler)
+        self.host = host
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, n: int, timeout: float = 15.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.messages) >= n:
+                    return list(self.messages)
+            time.sleep(0.05)
+        raise TimeoutError(f"sink got {len(self.messages)} messages, wanted {n}")
+
+    def _session(self, sock: socket.socket) -> None:
+        o = self.options
+        f = sock.makefile("rb")
+        tls = False
+        auth = None
+        helo = ""
+
+        def send(line: str) -> None:
+            sock.sendall(line.encode() + b"\r\n")
+
+        send(o.greeting)
+        if not o.greeting.startswith("220"):
+            return
+        sender, rcpts, mparams, rparams = None, [], "", []
+        while True:
+            line = f.readline(4096)
+            if not line:
+                return
+            cmd = line.decode("utf-8", "replace").rstrip("\r\n")
+            verb = cmd.split(" ", 1)[0].upper()
+            if verb in ("EHLO", "HELO"):
+                helo = cmd[5:]
+                exts = list(o.extensions)
+                if o.certfile and not tls:
+                    exts.append("STARTTLS")
+                if o.auth and tls:
+                    exts.append("AUTH PLAIN LOGIN")
+                lines = ["sink.example"] + exts
+                sock.sendall("".join(f"250{'-' if i < len(lines) - 1 else ' '}{l}\r\n"
+                                     for i, l in enumerate(lines)).encode())
+            elif verb == "STARTTLS" and o.certfile and not tls:
+                send("220 2.0.0 Ready to start TLS")
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(o.certfile, o.keyfile)
+                sock = ctx.wrap_socket(sock, server_side=True)
+                f = sock.makefile("rb")
+                tls = True
+            elif verb == "AUTH" and o.auth and tls:
+                parts = cmd.split()
+                if parts[1].upper() == "PLAIN":
+                    _, user, pw = base64.b64decode(parts[2]).split(b"\0")
+                else:
+                    send("334 VXNlcm5hbWU6")
+                    user = base64.b64decode(f.readline().strip())
+                    send("334 UGFzc3dvcmQ6")
+                    pw = base64.b64decode(f.readline().strip())
+                if o.auth.get(user.decode()) == pw.decode():
+                    auth = user.decode()
+                    send("235 2.7.0 Authentication successful")
+                else:
+                    send("535 5.7.8 Authentication failed")
+            elif verb == "MAIL":
+                if o.auth and not auth:
+                    send("530 5.7.0 Authentication required")
+                    continue
+                addr, _, mparams = cmd[10:].partition(">")
+                sender, rcpts, rparams = addr.lstrip("<"), [], []
+                mparams = mparams.strip()
+                send("250 2.1.0 Ok")
+            elif verb == "RCPT":
+                addr, _, params = cmd[8:].partition(">")
+                addr = addr.lstrip("<")
+                if addr in o.refuse:
+                    send(o.refuse[addr])
+                else:
+                    rcpts.append(addr)
+                    rparams.append(params.strip())
+                    send("250 2.1.5 Ok")
+            elif verb == "DATA":
+                if sender is None or not rcpts:
+                    send("554 5.5.1 No valid recipients")
+                    continue
+                send("354 End data with <CR><LF>.<CR><LF>")
+                chunks = []
+                while True:
+                    l = f.readline(2000)
+                    if not l:
+                        return
+                    if len(l) > 1000:
+                        raise ValueError("line too long")
+                    if l == b".\r\n":
+                        break
+                    chunks.append(l[1:] if l.startswith(b".") else l)
+                if o.data_delay:
+                    time.sleep(o.data_delay)
+                    if _peer_closed(sock):
+                        return   # the client is gone: nothing was committed
+                send(o.data_reply)
+                if o.data_reply.startswith("2"):
+                    with self.lock:
+                        self.messages.append(Received(sender, rcpts, b"".join(chunks), mparams, rparams,
+                                                      tls, auth, helo))
+                sender, rcpts = None, []
+            elif verb == "RSET":
+                sender, rcpts = None, []
+                send("250 2.0.0 Ok")
+            elif verb == "QUIT":
+                send("221 2.0.0 Bye")
+                return
+            elif verb == "NOOP":
+                send("250 2.0.0 Ok")
+            else:
+                send("502 5.5.2 Command not recognized")
+
+
+def _peer_closed(sock) -> bool:
+    import select
+
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ssl.SSLError):
+        return True
+
+
+# --- helpers for running the queue manager against sinks --------------------------
+
+def mta_config(tmp_path, queue_yaml: str, extra_yaml: str = "", local_domains=("example.test",)):
+    """A config directory whose mta.yaml has `queue:` = queue_yaml (indented for you)."""
+    import textwrap
+
+    from tests.support.config import base_config
+
+    etc = base_config(tmp_path, local_domains=local_domains)
+    (etc / "mta.yaml").write_text("queue:\n" + textwrap.indent(textwrap.dedent(queue_yaml).strip(), "  ")
+                                  + "\n" + textwrap.dedent(extra_yaml))
+    return etc
+
+
+def spool_message(spool_root, sender: str, rcpts, message: bytes | None = None, **env) -> str:
+    """Queue a message the way the receiving side does (a durable file in incoming/)."""
+    from common.spool import Envelope, Recipient, Spool, encode
+
+    spool = Spool(spool_root, create=True)
+    recipients = [r if isinstance(r, Recipient) else Recipient(r) for r in rcpts]
+    if message is None:
+        message = (f"From: <{sender}>\r\nTo: {', '.join(r.address for r in recipients)}\r\n"
+                   f"Subject: test\r\nMessage-ID: <{time.time_ns()}@example.test>\r\n\r\nHello.\r\n").encode()
+    envelope = Envelope(sender=sender, recipients=recipients, **env)
+    chunks = encode(envelope, message)
+    spool.write(envelope, [chunks[1]], "incoming")
+    return envelope.queue_id
+
+
+def start_queue(etc, timeout: float = 15.0):
+    """The queue manager as its own process (python -m mta.queue)."""
+    from tests.support import Daemon, wait_for
+
+    d = Daemon("mta.queue", etc).start()
+    wait_for(lambda: "started" in d.output() or d.proc.poll() is not None, timeout, what="queue manager start")
+    assert d.proc.poll() is None, d.output()
+    return d
+
+
+def spool_files(spool_root, queue: str) -> list[str]:
+    import os
+
+    try:
+        return sorted(n for n in os.listdir(f"{spool_root}/{queue}") if not n.startswith("."))
+    except FileNotFoundError:
+        return []
