@@ -62,6 +62,14 @@ class AuthConfig:
     max_failure_delay: Duration = doc("upper bound of that delay", default=Duration(15))
     failure_window: Duration = doc("failures older than this are forgotten", default=Duration(600))
     default_scheme: Literal["ARGON2ID", "BLF-CRYPT", "SHA512-CRYPT", "SHA256-CRYPT"] = doc("scheme postroom-passwd uses", default="ARGON2ID")
+    tracked_failures: int = doc("client addresses and user names whose recent failures are remembered; the least recently seen are forgotten first", default=10000)
+    max_logins_in_progress: int = doc("logins one client address may have waiting for an answer at once; more fail at once without a password check", default=8)
+
+    def __post_init__(self):
+        if self.max_failure_delay < self.failure_delay:
+            raise ValueError("max_failure_delay must not be shorter than failure_delay")
+        if self.tracked_failures < 1 or self.max_logins_in_progress < 1:
+            raise ValueError("tracked_failures and max_logins_in_progress must be at least 1")
 
 
 @dataclass(frozen=True)
