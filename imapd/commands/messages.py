@@ -1,0 +1,162 @@
+"""imapd.commands.messages -- APPEND, STORE, COPY, MOVE and their UID forms
+(RFC 3501 6.3.11, 6.4.6-6.4.8, RFC 4315 UIDPLUS, RFC 6851 MOVE).
+
+APPEND answers OK only after the storage has made the message durable (it
+fsyncs file and directory before returning the UID). COPY and MOVE answer with
+COPYUID; MOVE sends its EXPUNGEs as part of its reply.
+
+SECURITY: flags are atoms checked by the parser; unknown system flags are
+refused; \\Recent cannot be set by a client. Message data is stored as sent,
+never interpreted here.
+"""
+
+from __future__ import annotations
+
+from common.storage import MailboxNotFound, QuotaExceeded
+
+from ..parser import ParseError
+from ..protocol import AUTH, SELECTED, Done, No, command
+from ..session import SYSTEM_FLAGS
+from . import mailbox_arg, uid_set_text
+from .selected import resolve
+
+STORE_MODES = {"FLAGS": "replace", "+FLAGS": "add", "-FLAGS": "remove"}
+
+
+def storable_flags(flags) -> list[str]:
+    """Flags a client may set: system flags (\\Recent ignored) and keywords."""
+    out = []
+    for f in flags:
+        if f.startswith("\\"):
+            if f == "\\Recent" or f.upper() == "\\RECENT":
+                continue
+            if f not in SYSTEM_FLAGS:
+                raise ParseError("Invalid system flag")
+        out.append(f)
+    return out
+
+
+@command("APPEND", AUTH)
+def append(conn, tag, r):
+    r.sp()
+    name = mailbox_arg(conn, r)
+    r.sp()
+    flags: list[str] = []
+    internaldate = None
+    if r.peek() == 0x28:
+        flags = storable_flags(r.flag_list())
+        r.sp()
+    if r.peek() == 0x22:
+        internaldate = r.date_time().timestamp()
+        r.sp()
+    data = r.literal()
+    r.end()
+    if not data:
+        raise No("Cannot save an empty message", "CANNOT")
+    sel = conn.selected
+    own = sel is not None and sel.name == name and not sel.readonly
+    try:
+        box = sel.mailbox if own else conn.store.open_mailbox(name)
+    except MailboxNotFound:
+        raise No("Mailbox does not exist", "TRYCREATE") from None
+    try:
+        uid = box.append(data, flags, internaldate)
+        uidvalidity = box.uidvalidity
+    except QuotaExceeded:
+        raise No("Quota exceeded", "OVERQUOTA") from None
+    finally:
+        if not own:
+            box.close()
+    return Done("Append completed", f"APPENDUID {uidvalidity} {uid}")
+
+
+def _store(conn, tag, r, uid_mode: bool):
+    r.sp()
+    seqset = r.sequence_set()
+    r.sp()
+    item = r.atom().upper()
+    silent = item.endswith(".SILENT")
+    mode = STORE_MODES.get(item[:-7] if silent else item)
+    if mode is None:
+        raise ParseError("Invalid STORE item")
+    r.sp()
+    flags = storable_flags(r.flags_arg())
+    r.end()
+    sel = conn.selected
+    pairs = resolve(conn, seqset, uid_mode)
+    if sel.readonly:
+        raise No("Mailbox is read-only", "READ-ONLY")
+    uids = [uid for _seq, uid in pairs if uid not in sel.pending_expunged]
+    if uids:
+        updated = sel.mailbox.store(uids, flags, mode)
+        sel.note_own_flags(updated)
+    if not silent:
+        for seq, uid in pairs:
+            if sel.message(uid) is None:
+                continue
+            uid_item = b"UID %d " % uid if uid_mode else b""
+            conn.send(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_item, sel.flags_response(uid)))
+    return Done("Store completed")
+
+
+@command("STORE", SELECTED, uses_seqs=True)
+def store(conn, tag, r):
+    return _store(conn, tag, r, uid_mode=False)
+
+
+@command("UID STORE", SELECTED)
+def uid_store(conn, tag, r):
+    return _store(conn, tag, r, uid_mode=True)
+
+
+def _copy_or_move(conn, tag, r, uid_mode: bool, move: bool):
+    r.sp()
+    seqset = r.sequence_set()
+    r.sp()
+    dest = mailbox_arg(conn, r)
+    r.end()
+    sel = conn.selected
+    pairs = resolve(conn, seqset, uid_mode)
+    if move and sel.readonly:
+        raise No("Mailbox is read-only", "READ-ONLY")
+    if not conn.store.mailbox_exists(dest):
+        raise No("Mailbox does not exist", "TRYCREATE")
+    uids = [uid for _seq, uid in pairs]
+    try:
+        mapping = (sel.mailbox.move if move else sel.mailbox.copy)(uids, dest) if uids else []
+    except MailboxNotFound:
+        raise No("Mailbox does not exist", "TRYCREATE") from None
+    except QuotaExceeded:
+        raise No("Quota exceeded", "OVERQUOTA") from None
+    code = None
+    if mapping:
+        target = conn.store.open_mailbox(dest, readonly=True)
+        uidvalidity = target.uidvalidity
+        target.close()
+        code = f"COPYUID {uidvalidity} {uid_set_text([s for s, _ in mapping])} {uid_set_text([d for _, d in mapping])}"
+    if move:
+        if code:
+            conn.send(f"* OK [{code}] Moved\r\n".encode())
+        sel.mark_expunged([s for s, _ in mapping])
+        return Done("Move completed")
+    return Done("Copy completed", code)
+
+
+@command("COPY", SELECTED, uses_seqs=True)
+def copy(conn, tag, r):
+    return _copy_or_move(conn, tag, r, uid_mode=False, move=False)
+
+
+@command("UID COPY", SELECTED)
+def uid_copy(conn, tag, r):
+    return _copy_or_move(conn, tag, r, uid_mode=True, move=False)
+
+
+@command("MOVE", SELECTED, breaks_seqs=True)
+def move(conn, tag, r):
+    return _copy_or_move(conn, tag, r, uid_mode=False, move=True)
+
+
+@command("UID MOVE", SELECTED, breaks_seqs=True)
+def uid_move(conn, tag, r):
+    return _copy_or_move(conn, tag, r, uid_mode=True, move=True)

@@ -1,0 +1,259 @@
+"""imapd.fetch -- FETCH data items: ENVELOPE, BODY / BODYSTRUCTURE (with extension
+data), BODY[section]<partial>, RFC822.*, sizes and dates.
+
+Works on the MIME tree of `imapd.mime`; every value goes through `imapd.response`
+so nothing from a message can break the response framing.
+
+SECURITY: message content is hostile; the MIME tree is bounded, addresses are
+parsed by a bounded loop, malformed input yields NIL or a text/plain answer.
+"""
+
+from __future__ import annotations
+
+from .mime import Part, count_lines, to_crlf
+from .parser import Section
+from .response import nstring, paren, string
+
+MAX_ADDRESSES = 500
+
+
+# --------------------------------------------------------------------------- addresses
+
+def _addr_tokens(s: bytes):
+    """Lexical tokens of an address list: specials, quoted strings, atoms; comments dropped."""
+    i, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if c in b" \t\r\n":
+            i += 1
+        elif c == 0x28:  # comment
+            depth = 0
+            while i < n:
+                if s[i] == 0x5C:
+                    i += 1
+                elif s[i] == 0x28:
+                    depth += 1
+                elif s[i] == 0x29:
+                    depth -= 1
+                    if depth == 0:
+                        break
+                i += 1
+            i += 1
+        elif c == 0x22:
+            j = i + 1
+            out = bytearray()
+            while j < n and s[j] != 0x22:
+                if s[j] == 0x5C and j + 1 < n:
+                    j += 1
+                out.append(s[j])
+                j += 1
+            yield ("q", bytes(out))
+            i = j + 1
+        elif c in b"<>@,;:.[]":
+            yield (chr(c), bytes([c]))
+            i += 1
+        else:
+            j = i
+            while j < n and s[j] not in b" \t\r\n()<>@,;:\".[]":
+                j += 1
+            yield ("a", s[i:j])
+            i = j
+
+
+def parse_addresses(value: bytes) -> list[tuple]:
+    """An address-list header into IMAP address structures:
+    (name, adl, mailbox, host), with group start (None, None, group, None) and
+    group end (None, None, None, None). Garbage yields what could be recognised."""
+    out: list[tuple] = []
+    phrase: list[bytes] = []
+    local: list[bytes] = []
+    domain: list[bytes] = []
+    in_angle = False
+    seen_at = False
+    in_group = False
+
+    def finish():
+        nonlocal phrase, local, domain, seen_at
+        if local or domain:
+            name = b" ".join(phrase) if phrase and (in_angle_used[0]) else None
+            out.append((name, None, b"".join(local), b"".join(domain) if domain else None))
+        elif phrase and not in_angle_used[0]:
+            # A bare word with no @: treat it as a local part (Dovecot does).
+            out.append((None, None, b"".join(phrase), None))
+        phrase, local, domain, seen_at = [], [], [], False
+        in_angle_used[0] = False
+
+    in_angle_used = [False]
+    for kind, tok in _addr_tokens(value):
+        if len(out) >= MAX_ADDRESSES:
+            break
+        if kind == "<":
+            in_angle = True
+            in_angle_used[0] = True
+            local, domain, seen_at = [], [], False
+        elif kind == ">":
+            in_angle = False
+        elif kind == "@":
+            if not in_angle and not local and phrase:
+                local, phrase = [b"".join(phrase)], []
+            seen_at = True
+        elif kind == ":" and not in_angle:
+            if not in_group:
+                out.append((None, None, b" ".join(phrase), None))
+                phrase = []
+                in_group = True
+        elif kind == ";" and not in_angle:
+            finish()
+            if in_group:
+                out.append((None, None, None, None))
+                in_group = False
+        elif kind == "," and not in_angle:
+            finish()
+        elif kind in ("a", "q", ".", "[", "]"):
+            if in_angle or seen_at:
+                (domain if seen_at else local).append(tok)
+            elif local:
+                local.append(tok)
+            else:
+                if kind == "." and phrase:
+                    phrase[-1] += tok
+                else:
+                    phrase.append(tok)
+    finish()
+    if in_group:
+        out.append((None, None, None, None))
+    return out
+
+
+def _address_list(value: bytes | None) -> bytes:
+    if value is None:
+        return b"NIL"
+    addrs = parse_addresses(value)
+    if not addrs:
+        return b"NIL"
+    return paren(paren([nstring(x) for x in a]) for a in addrs)
+
+
+def envelope(msg: Part) -> bytes:
+    def h(name: bytes):
+        return msg.get(name)
+
+    sender = h(b"sender") or h(b"from")
+    reply_to = h(b"reply-to") or h(b"from")
+    items = [
+        nstring(h(b"date")), nstring(h(b"subject")),
+        _address_list(h(b"from")), _address_list(sender), _address_list(reply_to),
+        _address_list(h(b"to")), _address_list(h(b"cc")), _address_list(h(b"bcc")),
+        nstring(h(b"in-reply-to")), nstring(h(b"message-id")),
+    ]
+    return paren(items)
+
+
+# --------------------------------------------------------------------------- body structure
+
+def _params(part: Part) -> bytes:
+    if not part.params:
+        return b"NIL"
+    return paren(string(x) for kv in part.params for x in kv)
+
+
+def _disposition(part: Part) -> bytes:
+    value = part.get(b"content-disposition")
+    if value is None:
+        return b"NIL"
+    from .mime import parse_params
+    main, params = parse_params(value)
+    if not main:
+        return b"NIL"
+    p = paren(string(x) for kv in params for x in kv) if params else b"NIL"
+    return paren([string(main), p])
+
+
+def _language(part: Part) -> bytes:
+    value = part.get(b"content-language")
+    if value is None:
+        return b"NIL"
+    langs = [x.strip() for x in value.split(b",") if x.strip()][:20]
+    if not langs:
+        return b"NIL"
+    if len(langs) == 1:
+        return string(langs[0])
+    return paren(string(x) for x in langs)
+
+
+def body_structure(part: Part, extensible: bool) -> bytes:
+    """BODYSTRUCTURE (extensible=True) or BODY of a part."""
+    if part.children:
+        items = [b"".join(body_structure(c, extensible) for c in part.children), string(part.subtype)]
+        if extensible:
+            items += [_params(part), _disposition(part), _language(part), nstring(part.get(b"content-location"))]
+        return paren(items)
+    encoding = part.get(b"content-transfer-encoding")
+    encoding = encoding.split()[0] if encoding and encoding.split() else b"7BIT"
+    items = [string(part.maintype), string(part.subtype), _params(part),
+             nstring(part.get(b"content-id")), nstring(part.get(b"content-description")),
+             string(encoding.upper() if encoding.lower() in (b"7bit", b"8bit", b"binary", b"base64", b"quoted-printable") else encoding),
+             b"%d" % len(part.body)]
+    if part.message is not None:
+        items += [envelope(part.message), body_structure(part.message, extensible), b"%d" % count_lines(part.body)]
+    elif part.maintype.lower() == b"text":
+        items.append(b"%d" % count_lines(part.body))
+    if extensible:
+        items += [nstring(part.get(b"content-md5")), _disposition(part), _language(part),
+                  nstring(part.get(b"content-location"))]
+    return paren(items)
+
+
+# --------------------------------------------------------------------------- sections
+
+def section_bytes(root: Part, section: Section) -> bytes | None:
+    """The octets BODY[section] names, or None when the section does not exist."""
+    if not section.part:
+        node = root
+        target = root
+    else:
+        node = root.find(section.part)
+        if node is None:
+            return None
+        target = node.message
+    text = section.text
+    if text == "":
+        return node.body if section.part else root.header + root.body
+    if text == "MIME":
+        return node.header
+    if target is None:
+        return None
+    if text == "HEADER":
+        return target.header
+    if text == "TEXT":
+        return target.body
+    if text == "HEADER.FIELDS":
+        return target.header_fields(section.fields, negate=False)
+    if text == "HEADER.FIELDS.NOT":
+        return target.header_fields(section.fields, negate=True)
+    return None
+
+
+def partial(data: bytes | None, spec: tuple[int, int] | None) -> bytes | None:
+    if data is None or spec is None:
+        return data
+    origin, count = spec
+    return data[origin: origin + count]
+
+
+class LoadedMessage:
+    """A message's CRLF octets and its MIME tree, parsed on first use."""
+
+    def __init__(self, raw: bytes):
+        self.data = to_crlf(raw)
+        self._tree: Part | None = None
+
+    @property
+    def tree(self) -> Part:
+        if self._tree is None:
+            self._tree = Part(self.data)
+        return self._tree
+
+    @property
+    def size(self) -> int:
+        return len(self.data)

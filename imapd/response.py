@@ -1,0 +1,56 @@
+"""imapd.response -- IMAP values written for the wire.
+
+Strings go out quoted when that is safe and as literals otherwise (8-bit data, CR,
+LF, NUL or anything long), so no value taken from a message or a client can break
+the framing of a response.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from .parser import ASTRING_CHARS, MONTHS
+
+_QUOTABLE = frozenset(range(0x20, 0x7F))
+MAX_QUOTED = 1024
+
+
+def string(value: bytes | str) -> bytes:
+    """A quoted string or, when quoting cannot carry it, a literal."""
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogateescape")
+    if len(value) <= MAX_QUOTED and all(c in _QUOTABLE for c in value):
+        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(value) + value
+
+
+def nstring(value: bytes | str | None) -> bytes:
+    return b"NIL" if value is None else string(value)
+
+
+def astring(value: bytes | str) -> bytes:
+    """An atom where the grammar allows one, a string otherwise (mailbox names)."""
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogateescape")
+    if value and all(c in ASTRING_CHARS for c in value) and value.upper() != b"NIL":
+        return value
+    return string(value)
+
+
+def date_time(ts: float | _dt.datetime) -> bytes:
+    """INTERNALDATE form: "dd-Mon-yyyy hh:mm:ss +zzzz", in the server's local zone."""
+    if not isinstance(ts, _dt.datetime):
+        ts = _dt.datetime.fromtimestamp(ts).astimezone()
+    elif ts.tzinfo is None:
+        ts = ts.astimezone()
+    offset = ts.utcoffset() or _dt.timedelta(0)
+    minutes = int(offset.total_seconds() // 60)
+    sign = "-" if minutes < 0 else "+"
+    minutes = abs(minutes)
+    text = (f"{ts.day:02d}-{MONTHS[ts.month - 1]}-{ts.year:04d} {ts.hour:02d}:{ts.minute:02d}:"
+            f"{ts.second:02d} {sign}{minutes // 60:02d}{minutes % 60:02d}")
+    return b'"' + text.encode() + b'"'
+
+
+def paren(items) -> bytes:
+    return b"(" + b" ".join(items) + b")"
