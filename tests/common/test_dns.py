@@ -23,6 +23,8 @@ RECORDS = {
     "1.2.0.192.in-addr.arpa": {"PTR": ["example.test"]},
     "broken.test": "servfail",
     "slow.test": {"A": "timeout"},
+    "*.wild.test": {"A": ["127.0.0.2"]},
+    "*.deep.wild.test": "servfail",
 }
 
 
@@ -64,6 +66,12 @@ class ResolverTests(unittest.TestCase):
         self.assertEqual(joined, [LONG_TXT.encode()])
         joined = await self.resolver.in_thread(self.resolver.txt_sync, "split.example.test")
         self.assertEqual(joined, [b"v=spf1 ip4:192.0.2.1 -all"])
+
+    async def test_wildcards(self):
+        rows = await self.resolver.query("10.2.0.192.wild.test", "A")
+        self.assertEqual([r.address for r in rows], ["127.0.0.2"])
+        with self.assertRaises(DnsTemporaryError):
+            await self.resolver.query("x.deep.wild.test", "A")
 
     async def test_ptr(self):
         rows = await self.resolver.query(reverse_name("192.0.2.1"), "PTR")

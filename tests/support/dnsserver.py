@@ -14,12 +14,14 @@ Built with twisted.names and run as its own process, so tests that run a reactor
         "1.0.0.127.in-addr.arpa": {"PTR": ["mx.example.test"]},
         "broken.test": "servfail",             # every type answers SERVFAIL
         "slow.test": {"TXT": "timeout"},        # TXT is never answered, A is NoAnswer
+        "*.bl.test": {"A": ["127.0.0.2"]},      # any name below bl.test (closest wildcard wins)
     }) as dns_server:
         dns_server.port                          # give this to the code under test
         dns_server.update({...})                 # replace every record at once
 
-Rules: names are case-insensitive, without the final dot. A name not in the dict is
-NXDOMAIN, unless it is a parent of a listed name (then it exists with no records).
+Rules: names are case-insensitive, without the final dot. A name not in the dict
+takes the records of the closest "*.parent" entry, if any; otherwise it is NXDOMAIN,
+unless it is a parent of a listed name (then it exists with no records).
 A name that exists but lacks the type asked for gives NOERROR with no answer. A TXT
 value longer than 255 bytes is split into 255-byte strings, as publishers do; a TXT
 value given as a list of strings is sent as exactly those strings. A CNAME is
@@ -151,6 +153,8 @@ def _make_resolver(zone_file: Path):
         def _answer(self, key: str, qtype: int, depth: int):
             entry = self._records.get(key)
             if entry is None:
+                entry = self._wildcard(key)
+            if entry is None:
                 if any(other.endswith("." + key) for other in self._records):
                     return []  # an empty non-terminal exists
                 return None
@@ -171,6 +175,14 @@ def _make_resolver(zone_file: Path):
                 for value in values:
                     out.append(self._rr(key, type_code, self._record(type_name, value)))
             return out
+
+        def _wildcard(self, key: str):
+            labels = key.split(".")
+            for i in range(1, len(labels)):
+                entry = self._records.get("*." + ".".join(labels[i:]))
+                if entry is not None:
+                    return entry
+            return None
 
         @staticmethod
         def _special(value):
