@@ -30,6 +30,7 @@ number running at once (`threads`); further lookups wait in the pool's queue.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Callable
 
 import dns.exception
@@ -156,6 +157,17 @@ class Resolver:
     def txt_sync(self, name: str | dns.name.Name) -> list[bytes]:
         """The TXT records of name, each with its strings joined (RFC 7208 3.3)."""
         return [b"".join(r.strings) for r in self.query_sync(name, "TXT")]
+
+
+def plain_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """text as an address (an IPv4-mapped IPv6 address as IPv4, any %zone dropped), or None."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def reverse_name(ip: str, zone: str | None = None) -> dns.name.Name:

@@ -33,6 +33,8 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from common.dns import plain_ip
+
 V1_PREFIX = b"PROXY "
 V1_MAX = 107  # the longest version 1 line, CRLF included
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -148,12 +150,9 @@ def _networks(trusted: tuple[str, ...]):
 
 
 def _is_trusted(host: str, networks) -> bool:
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    address = plain_ip(host)
+    if address is None:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     return any(address in net for net in networks if net.version == address.version)
 
 

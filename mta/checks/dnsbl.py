@@ -20,21 +20,10 @@ import ipaddress
 
 from twisted.internet.defer import DeferredList, inlineCallbacks
 
-from common.dns import DnsTemporaryError, NoAnswer, NXDomain, Resolver, reverse_name
+from common.dns import DnsTemporaryError, NoAnswer, NXDomain, Resolver, plain_ip, reverse_name
 
 _LISTED = ipaddress.ip_network("127.0.0.0/8")
 _REFUSED = ipaddress.ip_network("127.255.255.0/24")
-
-
-def client_address(ip: str) -> str | None:
-    """ip as a plain address (IPv4-mapped IPv6 unmapped), or None if it is not one."""
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address)
 
 
 @inlineCallbacks
@@ -51,10 +40,10 @@ def _ask(resolver: Resolver, ip: str, zone: str):
 
 @inlineCallbacks
 def lookup(resolver: Resolver, ip: str, zones: tuple[str, ...]):
-    address = client_address(ip)
+    address = plain_ip(ip)
     if address is None or not zones:
         return None
-    outcomes = yield DeferredList([_ask(resolver, address, zone) for zone in zones], consumeErrors=True)
+    outcomes = yield DeferredList([_ask(resolver, str(address), zone) for zone in zones], consumeErrors=True)
     failures = []
     for zone, (ok, value) in zip(zones, outcomes):
         if ok and value:

@@ -7,7 +7,7 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from common.dns import DnsTemporaryError, NoAnswer, NXDomain, Resolver, reverse_name
-from tests.support.dnsserver import DnsServer
+from tests.support.dnsserver import DnsServerMixin
 
 LONG_TXT = "v=DKIM1; k=rsa; p=" + "A" * 600
 
@@ -28,17 +28,11 @@ RECORDS = {
 }
 
 
-class ResolverTests(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = DnsServer(RECORDS).start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.stop()
+class ResolverTests(DnsServerMixin, unittest.TestCase):
+    RECORDS = RECORDS
 
     def setUp(self):
-        self.resolver = Resolver(["127.0.0.1"], port=self.server.port, timeout=1.0, reactor=reactor)
+        self.resolver = Resolver(["127.0.0.1"], port=self.dns_server.port, timeout=1.0, reactor=reactor)
         self.addCleanup(self.resolver.close)
 
     async def test_a_and_aaaa(self):
@@ -102,12 +96,12 @@ class ResolverTests(unittest.TestCase):
             await dead.query("example.test", "A")
 
     async def test_records_can_change_at_runtime(self):
-        self.server.update({**RECORDS, "new.test": {"A": ["192.0.2.9"]}})
+        self.dns_server.update({**RECORDS, "new.test": {"A": ["192.0.2.9"]}})
         try:
             rows = await self.resolver.query("new.test", "A")
             self.assertEqual([r.address for r in rows], ["192.0.2.9"])
         finally:
-            self.server.update(RECORDS)
+            self.dns_server.update(RECORDS)
         with self.assertRaises(NXDomain):
             await self.resolver.query("new.test", "A")
 

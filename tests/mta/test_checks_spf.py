@@ -16,7 +16,7 @@ from common.dns import Resolver
 from common.errors import PermanentError, TemporaryError
 from mta.checks import MessageChecks
 from mta.checks.spf import SpfResult
-from tests.support.dnsserver import DnsServer
+from tests.support.dnsserver import DnsServer, DnsServerMixin
 
 CLIENT = "192.0.2.10"
 OTHER = "203.0.113.5"
@@ -56,17 +56,11 @@ SPF_RECORDS = {
 }
 
 
-class SpfTests(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = DnsServer(SPF_RECORDS).start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.stop()
+class SpfTests(DnsServerMixin, unittest.TestCase):
+    RECORDS = SPF_RECORDS
 
     def checks(self, yaml_text: str = "", timeout: float = 0.5) -> MessageChecks:
-        checks = make_checks(self.server, yaml_text, timeout)
+        checks = make_checks(self.dns_server, yaml_text, timeout)
         self.addCleanup(checks.close)
         return checks
 
@@ -128,17 +122,11 @@ class SpfTests(unittest.TestCase):
         self.assertEqual(info, {})
 
 
-class DnsblTests(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = DnsServer(SPF_RECORDS).start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.stop()
+class DnsblTests(DnsServerMixin, unittest.TestCase):
+    RECORDS = SPF_RECORDS
 
     def checks(self, yaml_text: str) -> MessageChecks:
-        checks = make_checks(self.server, yaml_text)
+        checks = make_checks(self.dns_server, yaml_text)
         self.addCleanup(checks.close)
         return checks
 

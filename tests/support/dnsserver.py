@@ -111,6 +111,23 @@ class DnsServer:
         self.stop()
 
 
+class DnsServerMixin:
+    """For a (trial) TestCase: one server per class, with the class's RECORDS, as
+    `cls.dns_server`."""
+
+    RECORDS: dict = {}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.dns_server = DnsServer(cls.RECORDS).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.dns_server.stop()
+        super().tearDownClass()
+
+
 # -- the server process ------------------------------------------------------
 
 
