@@ -5,7 +5,7 @@ public keys are fetched through our `common.dns.Resolver` (dkimpy's ``dnsfunc``
 hook), in the resolver's thread pool. Per signature the result is one of RFC 8601's:
 
 - ``pass``: the signature verifies;
-- ``fail``: it does not (changed message, wrong key, key too short);
+- ``fail``: it does not (changed header or body, wrong key, key too short, expired);
 - ``permerror``: the signature header is malformed, or its key does not exist;
 - ``temperror``: DNS failed while fetching the key.
 
@@ -75,6 +75,12 @@ def verify_dkim_sync(resolver: Resolver, message: bytes, max_signatures: int = 5
             ok = verifier.verify(idx=index, dnsfunc=dnsfunc)
         except DnsTemporaryError as e:
             results.append(DkimResult("temperror", domain, selector, short_b, str(e)))
+            continue
+        except dkim.ValidationError as e:
+            # A changed body or an expired signature did not verify; anything else
+            # dkimpy validates (tags, versions, algorithms) makes the signature unusable.
+            verdict = "fail" if re.search(r"body hash mismatch|expired", str(e)) else "permerror"
+            results.append(DkimResult(verdict, domain, selector, short_b, str(e)))
             continue
         except dkim.DKIMException as e:
             results.append(DkimResult("permerror", domain, selector, short_b, f"{type(e).__name__}: {e}"))
