@@ -24,9 +24,10 @@ as a whole (its other deliveries are deferred without connecting).
 
 Fresh mail is attempted at once: `nudge()` (called by the SMTP side after it
 committed a message), inotify on incoming/, maildrop/ and mda-done/ where the
-platform has it, and a scan every `scan_interval` in any case. `postroom-queue
-flush` creates the file `flush` in the spool root; the next scan (at most one
-second later) retries every deferred message and forgets destination back-offs.
+platform has it, and a scan every second in any case (deferred/ every
+`scan_interval`). `postroom-queue flush` (and `postroom-sendmail -q`) create
+maildrop/.flush; the manager then retries every deferred message and forgets
+destination back-offs.
 
 SECURITY: the spool is written only by this MTA's user (maildrop/ excepted, which
 pickup.py validates); a file that does not parse goes to corrupt/ with a log line
@@ -60,7 +61,7 @@ from .routing import Credentials, NextHop, Router, resolve_hosts
 log = get_logger("mta.queue")
 
 MAX_RCPTS_PER_TRANSACTION = 100
-FLUSH_FLAG = "flush"
+FLUSH_FLAG = ".flush"           # in maildrop/, so that any local user can ask (sendmail -q)
 
 
 @dataclass
@@ -137,6 +138,7 @@ class QueueManager(Service):
     def startService(self):
         super().startService()
         self.spool.create()
+        self._maildrop_permissions()
         self.spool.clean_tmp(older_than=0)
         from ..dkimsign import Signer
         from .pickup import Pickup
@@ -162,6 +164,23 @@ class QueueManager(Service):
             except Exception:
                 pass
         return super().stopService()
+
+    def _maildrop_permissions(self) -> None:
+        """maildrop/ like /tmp without listing: anyone (or maildrop_group) may drop a
+        file, nobody but the MTA can see or remove others' files. The spool root
+        must be traversable for that; every other queue stays 0700."""
+        try:
+            os.chmod(self.spool.root, 0o711)
+            md = self.spool.dir("maildrop")
+            if self.qcfg.maildrop_group:
+                import grp
+
+                os.chown(md, -1, grp.getgrnam(self.qcfg.maildrop_group).gr_gid)
+                os.chmod(md, 0o1730)
+            else:
+                os.chmod(md, 0o1733)
+        except (OSError, KeyError) as e:
+            log.warn("cannot set the permissions of maildrop/: {why}", why=str(e))
 
     def reload(self):
         self.credentials.load()
@@ -193,28 +212,33 @@ class QueueManager(Service):
     def _periodic(self):
         try:
             self._scan_fresh()
-            flag = self.spool.root / FLUSH_FLAG
-            force = flag.exists()
-            if force:
-                flag.unlink(missing_ok=True)
-                for d in self.dests.values():
-                    d.down_until = 0.0
-                    d.failures = 0
-                log.info("flush requested: retrying every deferred message")
             now = time.time()
-            if force or now - self._last_deferred_scan >= self.qcfg.scan_interval:
+            if now - self._last_deferred_scan >= self.qcfg.scan_interval:
                 self._last_deferred_scan = now
-                self._scan_deferred(force)
+                self._scan_deferred(False)
         except Exception as e:
             log.failure("queue scan failed: {why}", why=str(e))
 
     # --- scanning ----------------------------------------------------------
+
+    def _check_flush(self) -> None:
+        flag = self.spool.dir("maildrop") / FLUSH_FLAG
+        if not flag.exists():
+            return
+        flag.unlink(missing_ok=True)
+        for d in self.dests.values():
+            d.down_until = 0.0
+            d.failures = 0
+        log.info("flush requested: retrying every deferred message")
+        self._last_deferred_scan = time.time()
+        self._scan_deferred(True)
 
     def _scan_fresh(self):
         self._scan_pending = False
         if not self.running:
             return
         try:
+            self._check_flush()
             self._apply_mda_results()
             if self.pickup is not None:
                 self.pickup.run(self.signer)
@@ -372,7 +396,7 @@ class QueueManager(Service):
         r.attempts += 1
         r.status, r.reason = status, info["reason"]
         r.next_attempt = info.get("next_attempt")
-        log.info("{queue_id} to=<{rcpt}> {state} status={status} {reason}", queue_id=msg.qid,
+        log.info("to=<{rcpt}> {state} status={status} {reason}", queue_id=msg.qid,
                  rcpt=r.address, state=state, status=status, reason=info["reason"][:300])
 
     # --- finishing a message ------------------------------------------------
@@ -387,12 +411,12 @@ class QueueManager(Service):
                                                         for i, info in msg.failed_indices])
                 for (i, info), rep in zip(msg.failed_indices, msg.failed):
                     msg.env.recipients[i].state = BOUNCED
-                    log.info("{queue_id} to=<{rcpt}> bounced status={status} {reason}", queue_id=msg.qid,
+                    log.info("to=<{rcpt}> bounced status={status} {reason}", queue_id=msg.qid,
                              rcpt=rep.recipient.address, status=info["status"], reason=info["reason"][:300])
             left = [r for r in msg.env.recipients if r.state in (PENDING, DEFERRED)]
             if not left:
                 self.spool.remove("active", msg.qid, sync=False)
-                log.info("{queue_id} removed: every recipient done", queue_id=msg.qid)
+                log.info("removed: every recipient done", queue_id=msg.qid)
                 return
             nxt = min((r.next_attempt or time.time()) for r in left)
             self.spool.move(msg.qid, "active", "deferred", sync=False)
@@ -408,7 +432,7 @@ class QueueManager(Service):
             if env.source == "bounce" and not env.extra.get("double_bounce") and self.qcfg.postmaster:
                 self._write_notice(msg, msg.failed, to=self.qcfg.postmaster, double=True)
             else:
-                log.warn("{queue_id} undeliverable mail with a null sender dropped: {rcpts}",
+                log.warn("undeliverable mail with a null sender dropped: {rcpts}",
                          queue_id=msg.qid, rcpts=", ".join(r.recipient.address for r in msg.failed))
             return
         if failed:
@@ -424,7 +448,7 @@ class QueueManager(Service):
         body = build_dsn(msg.env, msg.sf.read_message(), reports, self.core.hostname, to=to)
         dsn_env.size = len(body)
         self.spool.write(dsn_env, [body], "incoming")
-        log.info("{queue_id} {action} notice {dsn_id} to <{to}>", queue_id=msg.qid,
+        log.info("{action} notice {dsn_id} to <{to}>", queue_id=msg.qid,
                  action=reports[0].action, dsn_id=dsn_env.queue_id, to=to)
         self.nudge()
 
