@@ -1,0 +1,265 @@
+"""imapd.server -- the Twisted glue around imapd.protocol for postroom-imapd.
+
+One `ImapSession` per connection feeds bytes to the sans-IO `ImapConnection` and
+carries out what it asks: write, start TLS (`common.tls.start_tls`), check a
+password (`common.auth.Authenticator`, asynchronous; pipelined input waits in the
+core), watch the selected mailbox during IDLE (`common.storage.watch.Watcher`,
+inotify plus a periodic check, so a delivery by the MDA or an expunge by another
+session shows within a second), close. Timers: the login timeout before
+authentication, the autologout after, and the IDLE keepalive.
+
+Per process (`ImapContext`): the authenticator, TLS, the connection counts.
+
+SECURITY: all input is from the network and goes to the core; any unexpected
+error in the glue closes that one connection with BYE and is logged, never shown.
+Passwords are handed to the authenticator and never logged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import defaultdict
+
+from twisted.internet.protocol import Factory, Protocol
+
+from common import tls as tlsmod
+from common.auth import LoginFailed
+from common.log import get_logger
+from common.runner import peer_ip, secure_transport
+from common.storage import MailStore
+from common.storage.watch import Watcher
+
+from .parser import Limits
+from .protocol import CheckPassword, Close, ImapConnection, Settings, StartTLS, Unwatch, Watch
+
+log = get_logger("postroom.imapd")
+
+_session_ids = itertools.count(1)
+
+
+class ImapContext:
+    """What every session of this process shares."""
+
+    def __init__(self, cfg, reactor, server_tls=None, authenticator=None):
+        self.cfg = cfg
+        self.core = cfg.core
+        self.imapd = cfg.daemon
+        self.limits = cfg.daemon.limits
+        self.reactor = reactor
+        self.server_tls = server_tls
+        self.authenticator = authenticator
+        self.connections = 0
+        self.per_client: dict[str, int] = defaultdict(int)
+        lim = self.limits
+        self.frame_limits = Limits(max_line=int(lim.max_line), max_literal=int(lim.max_message_size),
+                                   max_command=int(lim.max_message_size) + int(lim.max_line) * 4,
+                                   max_literals=lim.max_literals, literal_minus=lim.literal == "minus")
+
+    def open_store(self, user) -> MailStore:
+        return MailStore(user.maildir(self.core))
+
+    def settings(self, listener, ip: str, secure: bool, session_id: str) -> Settings:
+        auth = self.authenticator
+        return Settings(
+            hostname=self.core.hostname,
+            limits=self.frame_limits,
+            tls_available=listener.tls == "starttls" and self.server_tls is not None,
+            secure=secure,
+            plaintext_allowed=lambda s: auth.plaintext_allowed(s, ip),
+            open_store=self.open_store,
+            special_use_defaults=dict(self.imapd.special_use),
+            max_buffered=int(self.limits.max_line) * 4 + 64 * 1024,
+            auth_failures_before_disconnect=self.limits.auth_failures,
+            session_id=session_id,
+        )
+
+
+class ImapFactory(Factory):
+    def __init__(self, ctx: ImapContext, name: str, listener):
+        self.ctx = ctx
+        self.name = name
+        self.listener = listener
+
+    def buildProtocol(self, addr):
+        session = ImapSession(self.ctx, self.listener)
+        session.factory = self
+        return session
+
+
+class ImapSession(Protocol):
+    """One IMAP connection."""
+
+    def __init__(self, ctx: ImapContext, listener):
+        self.ctx = ctx
+        self.listener = listener
+        self.conn: ImapConnection | None = None
+        self.ip = "-"
+        self.session_id = f"{os.getpid():x}.{next(_session_ids):x}"
+        self._timer = None
+        self._keepalive = None
+        self._watcher: Watcher | None = None
+        self._counted = False
+        self._closing = False
+        self._pending_login = None
+
+    # ------------------------------------------------------------ connection
+
+    def connectionMade(self):
+        ctx = self.ctx
+        self.ip = peer_ip(self.transport)
+        if ctx.connections >= ctx.limits.max_connections or \
+                ctx.per_client[self.ip] >= ctx.limits.max_connections_per_client:
+            log.warn("refusing connection from {ip}: too many connections", ip=self.ip)
+            self.transport.write(b"* BYE Too many connections, try again later\r\n")
+            self.transport.loseConnection()
+            return
+        ctx.connections += 1
+        ctx.per_client[self.ip] += 1
+        self._counted = True
+        secure = self.listener.tls == "implicit" or secure_transport(self.transport)
+        self.conn = ImapConnection(ctx.settings(self.listener, self.ip, secure, self.session_id), self.ip)
+        log.info("connect from {ip}", ip=self.ip, session=self.session_id)
+        self._apply(self.conn.greeting())
+        self._arm_timer()
+
+    def connectionLost(self, reason=None):
+        self._stop_watch()
+        for timer in (self._timer, self._keepalive):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._keepalive = None
+        if self._pending_login is not None:
+            self._pending_login.cancel()
+        if self.conn is not None:
+            self.conn.connection_lost()
+            log.info("disconnect {ip} user={user}", ip=self.ip, user=self.conn.username or "-",
+                     session=self.session_id)
+        if self._counted:
+            self._counted = False
+            self.ctx.connections -= 1
+            self.ctx.per_client[self.ip] -= 1
+            if self.ctx.per_client[self.ip] <= 0:
+                del self.ctx.per_client[self.ip]
+
+    def graceful_shutdown(self):
+        """SIGTERM: say BYE now unless a command is being answered."""
+        if self.conn is not None and not self._closing and self._pending_login is None:
+            self._apply(self.conn.shutting_down())
+
+    def dataReceived(self, data: bytes):
+        if self.conn is None or self._closing:
+            return
+        self._arm_timer()
+        try:
+            self._apply(self.conn.receive(data))
+        except Exception:  # noqa: BLE001 -- a bug closes one connection, never the daemon
+            log.failure("session {session} failed", session=self.session_id)
+            self.transport.write(b"* BYE Internal error\r\n")
+            self._close()
+
+    # ------------------------------------------------------------ actions from the core
+
+    def _apply(self, outputs) -> None:
+        pending: list[bytes] = []
+
+        def flush():
+            if pending:
+                self.transport.write(b"".join(pending))
+                pending.clear()
+
+        for item in outputs:
+            if isinstance(item, bytes):
+                pending.append(item)
+            elif isinstance(item, StartTLS):
+                flush()
+                tlsmod.start_tls(self.transport, self.ctx.server_tls)
+                pending.extend(x for x in self.conn.tls_started() if isinstance(x, bytes))
+            elif isinstance(item, CheckPassword):
+                flush()
+                self._check_password(item)
+            elif isinstance(item, Watch):
+                self._start_watch(item.paths)
+            elif isinstance(item, Unwatch):
+                self._stop_watch()
+            elif isinstance(item, Close):
+                flush()
+                self._close()
+        flush()
+
+    def _close(self):
+        self._closing = True
+        self._stop_watch()
+        self.transport.loseConnection()
+
+    def _check_password(self, req: CheckPassword) -> None:
+        d = self.ctx.authenticator.login(req.username, req.password, self.ip, authzid=req.authzid)
+        self._pending_login = d
+
+        def ok(user):
+            self._pending_login = None
+            if not self._closing:
+                self._apply(self.conn.password_checked(user))
+                self._arm_timer()
+
+        def failed(failure):
+            self._pending_login = None
+            if self._closing or self.conn is None:
+                return None
+            from twisted.internet.defer import CancelledError
+            if failure.check(CancelledError):
+                return None
+            temporary = not failure.check(LoginFailed)
+            if temporary:
+                log.warn("password check broke: {error}", error=str(failure.value), session=self.session_id)
+            self._apply(self.conn.password_checked(None, temporary=temporary))
+            return None
+
+        d.addCallbacks(ok, failed)
+        d.addErrback(lambda f: log.failure("login handling failed", f, session=self.session_id))
+
+    # ------------------------------------------------------------ IDLE watching
+
+    def _start_watch(self, paths) -> None:
+        self._stop_watch()
+        self._watcher = Watcher(paths, self._mailbox_changed, self.ctx.reactor, interval=1.0)
+        self._watcher.start()
+        self._keepalive = self.ctx.reactor.callLater(float(self.ctx.limits.idle_keepalive), self._send_keepalive)
+
+    def _stop_watch(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        if self._keepalive is not None and self._keepalive.active():
+            self._keepalive.cancel()
+        self._keepalive = None
+
+    def _mailbox_changed(self) -> None:
+        if self.conn is not None and not self._closing:
+            try:
+                self._apply(self.conn.mailbox_changed())
+            except Exception:  # noqa: BLE001
+                log.failure("IDLE update failed", session=self.session_id)
+
+    def _send_keepalive(self) -> None:
+        if self.conn is None or self._closing:
+            return
+        self._apply(self.conn.keepalive())
+        self._keepalive = self.ctx.reactor.callLater(float(self.ctx.limits.idle_keepalive), self._send_keepalive)
+
+    # ------------------------------------------------------------ timeouts
+
+    def _arm_timer(self) -> None:
+        if self.conn is None:
+            return
+        delay = float(self.ctx.limits.autologout if self.conn.authenticated else self.ctx.limits.login_timeout)
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(delay)
+        else:
+            self._timer = self.ctx.reactor.callLater(delay, self._timed_out)
+
+    def _timed_out(self) -> None:
+        if self.conn is None or self._closing:
+            return
+        log.info("autologout {ip}", ip=self.ip, session=self.session_id)
+        self._apply(self.conn.timed_out())

@@ -1,0 +1,86 @@
+"""Fixtures for the IMAP tests: a configuration directory and postroom-imapd
+running as a real process on loopback ports."""
+
+from __future__ import annotations
+
+import imaplib
+import ssl
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from tests.support import Daemon, free_port
+from tests.support.config import base_config
+
+
+USERS = {f"user{i}@example.test": "postroom" for i in range(40)}
+USERS["alice@example.test"] = "postroom"
+
+
+@dataclass
+class ImapServer:
+    etc: Path
+    tmp: Path
+    port: int
+    tls_port: int
+    daemon: Daemon
+    user: str = "alice@example.test"
+
+    def maildir(self, user: str | None = None) -> Path:
+        local, _, domain = (user or self.user).partition("@")
+        return self.tmp / "mail" / domain / local / "Maildir"
+
+    def client(self, user: str | None = "", password: str = "postroom") -> imaplib.IMAP4:
+        c = imaplib.IMAP4("127.0.0.1", self.port, timeout=10)
+        if user is not None:
+            c.login(user or self.user, password)
+        return c
+
+    def tls_client(self) -> imaplib.IMAP4_SSL:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return imaplib.IMAP4_SSL("127.0.0.1", self.tls_port, ssl_context=ctx, timeout=10)
+
+
+def write_imapd_yaml(etc: Path, port: int, tls_port: int, extra: str = "") -> None:
+    (etc / "imapd.yaml").write_text(f"""\
+listeners:
+  imap:
+    endpoint: tcp:{port}:interface=127.0.0.1
+    tls: starttls
+  imaps:
+    endpoint: tcp:{tls_port}:interface=127.0.0.1
+    tls: implicit
+{extra}""")
+
+
+def start_imapd(tmp_path: Path, extra: str = "", core_extra: str = "") -> ImapServer:
+    etc = base_config(tmp_path, users=USERS, core_extra=core_extra)
+    port, tls_port = free_port(), free_port()
+    write_imapd_yaml(etc, port, tls_port, extra)
+    daemon = Daemon("imapd.main", etc).start(wait_ports=(port, tls_port))
+    return ImapServer(etc, tmp_path, port, tls_port, daemon)
+
+
+@pytest.fixture(scope="module")
+def imapd_server(tmp_path_factory):
+    server = start_imapd(tmp_path_factory.mktemp("imapd"))
+    try:
+        yield server
+    finally:
+        code = server.daemon.stop()
+        assert code == 0, server.daemon.output()
+        assert "Traceback" not in server.daemon.output(), server.daemon.output()
+
+
+_next_user = iter(range(10**6))
+
+
+@pytest.fixture
+def imapd(imapd_server):
+    """The module's server, with a user of this test's own (a fresh, empty maildir)."""
+    n = next(_next_user)
+    assert n < 40, "more tests than users in USERS"
+    return replace(imapd_server, user=f"user{n}@example.test")

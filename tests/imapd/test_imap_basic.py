@@ -1,0 +1,157 @@
+"""postroom-imapd over real sockets with imaplib: login rules, SELECT, FETCH, STORE,
+APPEND, COPY, MOVE, EXPUNGE, mailbox commands, extensions."""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import ssl
+
+import pytest
+
+from common.storage import MailStore
+
+MSG = (b"From: Alice <alice@example.test>\r\nTo: Bob <bob@example.test>\r\nSubject: Hello\r\n"
+       b"Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nMessage-ID: <1@example.test>\r\n\r\nHello Bob\r\n")
+
+
+def test_capabilities_starttls_and_login(imapd):
+    c = imapd.client(user=None)
+    caps = c.capabilities
+    assert "STARTTLS" in caps and "IDLE" in caps and "LITERAL+" in caps
+    # Loopback counts as secure by default, so plain login is offered here.
+    assert "AUTH=PLAIN" in caps
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    c.starttls(ssl_context=ctx)
+    typ, data = c.capability()
+    assert b"STARTTLS" not in data[0]
+    c.login(imapd.user, "postroom")
+    typ, data = c.capability()
+    assert b"UIDPLUS" in data[0] and b"AUTH=" not in data[0]
+    c.logout()
+
+
+def test_implicit_tls_and_wrong_password(imapd):
+    c = imapd.tls_client()
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        c.login(imapd.user, "wrong")
+    c.login(imapd.user, "postroom")
+    assert c.select("INBOX")[0] == "OK"
+    c.logout()
+
+
+def test_append_select_fetch_store_expunge(imapd):
+    c = imapd.client()
+    typ, data = c.append("INBOX", r"(\Flagged $Important)", imaplib.Time2Internaldate(1700000000), MSG)
+    assert typ == "OK" and b"APPENDUID" in data[0]
+    typ, data = c.select("INBOX")
+    assert data == [b"1"]
+    typ, data = c.fetch("1", "(FLAGS RFC822.SIZE INTERNALDATE ENVELOPE UID)")
+    line = data[0]
+    assert b"\\Flagged" in line and b"$Important" in line
+    assert b"RFC822.SIZE %d" % len(MSG) in line
+    assert b'"Hello"' in line and b'(("Alice" NIL "alice" "example.test"))' in line
+    typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert data[0][1] == b"Subject: Hello\r\n\r\n"
+    typ, data = c.fetch("1", "(FLAGS)")
+    assert b"\\Seen" not in data[0]
+    typ, data = c.fetch("1", "(BODY[TEXT])")
+    assert data[0][1] == b"Hello Bob\r\n"
+    assert b"\\Seen" in data[0][0] or b"\\Seen" in data[1]
+    typ, data = c.store("1", "+FLAGS", r"(\Deleted)")
+    assert b"\\Deleted" in data[0]
+    typ, data = c.expunge()
+    assert data == [b"1"]
+    typ, data = c.select("INBOX")
+    assert data == [b"0"]
+    c.logout()
+
+
+def test_copy_move_uidplus(imapd):
+    c = imapd.client()
+    for _ in range(3):
+        c.append("INBOX", None, None, MSG)
+    c.select("INBOX")
+    typ, data = c._simple_command("UID", "COPY", "1:2", "Trash")
+    assert typ == "OK" and re.search(rb"COPYUID \d+ 1:2 1:2", data[0]), data
+    typ, data = c._simple_command("UID", "MOVE", "3", "Archive")
+    assert typ == "OK"
+    assert c.untagged_responses.get("EXPUNGE") == [b"3"]
+    assert c.status("Archive", "(MESSAGES UIDNEXT)")[1][0] == b"Archive (MESSAGES 1 UIDNEXT 2)"
+    assert c.status("INBOX", "(MESSAGES)")[1][0] == b"INBOX (MESSAGES 2)"
+    c.logout()
+
+
+def test_mailbox_commands(imapd):
+    c = imapd.client()
+    assert c.create("Projects.2024")[0] == "OK"
+    typ, data = c.list('""', "*")
+    names = [d.decode() for d in data]
+    assert '(\\HasNoChildren \\Drafts) "." Drafts' in names
+    assert '(\\Noselect \\HasChildren) "." Projects' in names
+    assert '(\\HasNoChildren) "." Projects.2024' in names
+    assert c.rename("Projects.2024", "Old")[0] == "OK"
+    assert c.subscribe("Old")[0] == "OK"
+    assert b'() "." Old' in c.lsub('""', "*")[1]
+    assert c.unsubscribe("Old")[0] == "OK"
+    assert c.delete("Old")[0] == "OK"
+    assert c.delete("INBOX")[0] == "NO"
+    assert c.select("Nope")[0] == "NO"
+    # Unicode names travel as modified UTF-7.
+    assert c.create("&AOQ-rger")[0] == "OK"
+    assert b'"." &AOQ-rger' in b" ".join(c.list('""', "&AOQ-*")[1])
+    typ, data = c.namespace()
+    assert data == [b'(("" ".")) NIL NIL']
+    for bad in ('"a..b"', '"a/b"', '"../etc"', '"x\\\\y"'):
+        typ, data = c._simple_command("CREATE", bad)
+        assert typ == "NO", bad
+    c.logout()
+
+
+def test_rename_inbox_moves_messages(imapd):
+    c = imapd.client()
+    c.append("INBOX", None, None, MSG)
+    assert c.rename("INBOX", "Saved")[0] == "OK"
+    assert c.status("INBOX", "(MESSAGES)")[1][0] == b"INBOX (MESSAGES 0)"
+    assert c.status("Saved", "(MESSAGES)")[1][0] == b"Saved (MESSAGES 1)"
+    c.logout()
+
+
+def test_examine_is_read_only(imapd):
+    c = imapd.client()
+    c.append("INBOX", None, None, MSG)
+    typ, data = c.select("INBOX", readonly=True)
+    assert typ == "OK" and "READ-ONLY" in c.untagged_responses
+    typ, data = c.fetch("1", "(BODY[])")
+    assert data[0][1] == MSG
+    assert c.store("1", "+FLAGS", r"\Seen")[0] == "NO"
+    typ, data = c.fetch("1", "(FLAGS)")
+    assert b"\\Seen" not in data[0]
+    c.logout()
+
+
+def test_id_enable_unselect_check_close(imapd):
+    c = imapd.client()
+    typ, data = c.xatom("ID", '("name" "pytest")')
+    assert typ == "OK" and b'"postroom"' in c.untagged_responses["ID"][0]
+    assert c.xatom("ENABLE", "CONDSTORE")[0] == "OK"
+    c.append("INBOX", r"(\Deleted)", None, MSG)
+    c.select("INBOX")
+    assert c.check()[0] == "OK"
+    assert c._simple_command("UNSELECT")[0] == "OK"
+    assert c.status("INBOX", "(MESSAGES)")[1][0] == b"INBOX (MESSAGES 1)"
+    c.select("INBOX")
+    assert c.close()[0] == "OK"
+    assert c.status("INBOX", "(MESSAGES)")[1][0] == b"INBOX (MESSAGES 0)"
+    c.logout()
+
+
+def test_delivery_by_the_mda_is_seen(imapd):
+    c = imapd.client()
+    c.select("INBOX")
+    MailStore(imapd.maildir()).deliver(MSG)
+    typ, data = c.noop()
+    assert c.untagged_responses.get("EXISTS")[-1] == b"1"
+    c.logout()
