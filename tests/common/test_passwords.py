@@ -153,3 +153,124 @@ def test_scheme_of():
         scheme_of("{MD5-CRYPT}$1$abc")
     with pytest.raises(UnknownScheme):
         scheme_of("$1$abc$def")
+
+
+# --- postroom-passwd --------------------------------------------------------------------------
+
+import os
+import pty
+import select
+import sys
+import time
+
+from common.config import EX_CONFIG
+from common.users import parse_line
+from tests.support import ROOT
+
+PASSWD = [sys.executable, "-m", "common.tools.passwd"]
+
+
+def passwd(*args, stdin="", env=None):
+    environment = {k: v for k, v in os.environ.items() if k != "POSTROOM_CONFIG"}
+    environment.update(env or {})
+    return subprocess.run([*PASSWD, *args], input=stdin, capture_output=True, text=True, timeout=60,
+                          cwd=str(ROOT), env=environment)
+
+
+def test_passwd_hashes_from_argument_and_stdin():
+    out = passwd("-s", "SHA512-CRYPT", "-p", "one two")
+    assert out.returncode == 0, out.stderr
+    stored = out.stdout.strip()
+    assert stored.startswith("{SHA512-CRYPT}$6$") and verify_password(stored, "one two")
+    out = passwd("-s", "blf-crypt", stdin="from stdin\nsecond line ignored\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("{BLF-CRYPT}$2y$") and verify_password(out.stdout.strip(), "from stdin")
+
+
+def test_passwd_default_scheme_and_user_line():
+    out = passwd("-p", "pw", "-u", "Alice@Example.test", "--config", str(ROOT / "no-such-dir"))
+    assert out.returncode == EX_CONFIG
+    assert "configuration directory not found" in out.stderr
+    out = passwd("-p", "pw", "-u", "Alice@Example.test")
+    assert out.returncode == 0, out.stderr
+    record = parse_line(out.stdout.strip())
+    assert record.name == "alice@example.test"
+    assert record.password.startswith("{ARGON2ID}$argon2id$") and verify_password(record.password, "pw")
+
+
+def test_passwd_reads_default_scheme_from_config(tmp_path):
+    (tmp_path / "postroom.yaml").write_text("auth:\n  default_scheme: SHA256-CRYPT\n")
+    out = passwd("-p", "pw", "--config", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("{SHA256-CRYPT}$5$")
+    out = passwd("-p", "pw", env={"POSTROOM_CONFIG": str(tmp_path)})
+    assert out.stdout.startswith("{SHA256-CRYPT}$5$")
+    assert passwd("-p", "pw", "-s", "SHA512-CRYPT", "--config", str(tmp_path)).stdout.startswith("{SHA512-CRYPT}")
+    (tmp_path / "postroom.yaml").write_text("auth:\n  default_scheme: MD5\n")
+    out = passwd("-p", "pw", "--config", str(tmp_path))
+    assert out.returncode == EX_CONFIG
+    assert out.stderr.startswith(f"{tmp_path / 'postroom.yaml'}:2: auth.default_scheme: ")
+
+
+def test_passwd_test_mode():
+    stored = FIXED_VECTORS["openssl passwd -6 -salt fixedsalt16"]
+    good = passwd("-t", stored, "-p", PASSWORD)
+    assert (good.returncode, good.stdout.strip()) == (0, f"{stored} (verified)")
+    bad = passwd("-t", stored, stdin="wrong\n")
+    assert bad.returncode == 1 and "does not match" in bad.stderr and bad.stdout == ""
+
+
+def test_passwd_usage_and_data_errors():
+    out = passwd("--help")
+    assert out.returncode == 0 and "ARGON2ID" in out.stdout and "-t HASH" in out.stdout
+    assert passwd("-l").stdout.split() == list(SCHEMES)
+    assert passwd("-s", "MD5", "-p", "x").returncode == 64
+    assert passwd("--bogus").returncode == 64
+    assert passwd("-u", "a/b@x", "-p", "x").returncode == 64
+    assert passwd("-t", "x", "-s", "PLAIN", "-p", "x").returncode == 64
+    empty = passwd(stdin="\n")
+    assert empty.returncode == 65 and "empty" in empty.stderr
+    assert passwd("-s", "PLAIN", "-p", "a:b").returncode == 65
+
+
+def _run_on_terminal(args: list[str], answers: list[bytes], timeout: float = 30) -> tuple[int, bytes]:
+    """Run the tool on a pseudo-terminal, answering each prompt in turn."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.chdir(str(ROOT))
+        os.execv(sys.executable, [*PASSWD, *args])
+    output = b""
+    deadline = time.monotonic() + timeout
+    pending = list(answers)
+    answered = 0
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+            prompts = output.count(b"password: ")
+            if pending and prompts > answered and output.endswith(b"password: "):
+                os.write(fd, pending.pop(0) + b"\n")
+                answered += 1
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output
+
+
+def test_passwd_prompts_twice_on_a_terminal():
+    code, output = _run_on_terminal(["-s", "SHA256-CRYPT"], [b"typed secret", b"typed secret"])
+    assert code == 0, output
+    assert b"Enter new password:" in output and b"Retype new password:" in output
+    assert b"typed secret" not in output  # not echoed
+    stored = output.strip().splitlines()[-1].decode()
+    assert stored.startswith("{SHA256-CRYPT}$5$") and verify_password(stored, "typed secret")
+    code, output = _run_on_terminal(["-s", "SHA256-CRYPT"], [b"one", b"two"])
+    assert code == 65 and b"do not match" in output
