@@ -140,7 +140,8 @@ class ListenerService(StreamServerEndpointService):
 
 
 def listen(parent: MultiService, listener: Listener, factory: Factory,
-           server_tls: "tlsmod.ServerTLS | None", reactor, name: str | None = None) -> IService:
+           server_tls: "tlsmod.ServerTLS | None", reactor, name: str | None = None,
+           endpoint=None) -> IService:
     """Add a service listening on listener.endpoint to parent and return it.
 
     Layers, outside in: PROXY header (proxy_protocol), TLS (tls: implicit), session
@@ -162,7 +163,9 @@ def listen(parent: MultiService, listener: Listener, factory: Factory,
 
         wrapped = ProxyProtocolFactory(wrapped, trusted=listener.proxy_from)
     try:
-        endpoint = serverFromString(reactor, str(listener.endpoint))
+        # endpoint: an already-made one (a listening socket inherited from a parent
+        # process) instead of listener.endpoint; the layers above stay the same.
+        endpoint = endpoint or serverFromString(reactor, str(listener.endpoint))
     except Exception as e:
         raise ConfigError(None, None, "endpoint", f"bad endpoint string {str(listener.endpoint)!r}: {e}") from None
     service = ListenerService(endpoint, wrapped, listener, name)

@@ -261,7 +261,14 @@ class Spool:
         tmp = self.dir("tmp") / envelope.queue_id
         write_file_synced(tmp, itertools.chain([encode_header(envelope)], chunks, [END]))
         final = self.path(queue, envelope.queue_id)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            try:
+                os.unlink(tmp)  # never leave a synced but unqueued copy behind
+            except OSError:
+                pass
+            raise
         if sync_dir:
             self.sync(queue)
         return final

@@ -20,12 +20,11 @@ No reply echoes client input.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..auth import Challenge, SaslCancelled, SaslError, sasl_mechanism
 from . import replies as R
 from .replies import Reply
 
@@ -228,6 +227,11 @@ class SmtpServerConn:
     @property
     def closed(self) -> bool:
         return self._state == _CLOSED
+
+    @property
+    def receiving_data(self) -> bool:
+        """Between DATA's 354 and the final dot, or inside a BDAT chunk."""
+        return self._state == _DATA or self._state == _BDAT
 
     @property
     def in_transaction(self) -> bool:
@@ -726,54 +730,34 @@ class SmtpServerConn:
         if not self.auth_allowed:
             self._error(R.AUTH_NEEDS_TLS, events)
             return
-        mech, _, initial = arg.strip().partition(" ")
-        mech = mech.upper()
-        if mech not in s.auth_mechanisms:
+        mech_name, _, initial = arg.strip().partition(" ")
+        mech_name = mech_name.upper()
+        mech = sasl_mechanism(mech_name) if mech_name in s.auth_mechanisms else None
+        if mech is None:
             self._error(R.AUTH_UNKNOWN_MECHANISM, events)
             return
-        self._auth_mech = mech
-        self._auth_parts: list[bytes] = []
-        if initial:
-            if initial == "=":
-                initial = ""
-            self._auth_step(initial.encode("ascii", "replace"), events)
-        else:
-            self._state = _AUTH
-            self._out.append(b"334 \r\n" if mech == "PLAIN" else b"334 VXNlcm5hbWU6\r\n")
+        self._sasl = mech
+        self._sasl_name = mech_name
+        self._sasl_step(lambda: mech.start(initial.encode("ascii", "replace") if initial else None), events)
 
     def _auth_response(self, line: bytes, events):
-        self._auth_step(line, events)
+        self._sasl_step(lambda: self._sasl.receive(line), events)
 
-    def _auth_step(self, b64: bytes, events):
+    def _sasl_step(self, step, events):
         self._state = _COMMAND
-        if b64 == b"*":
+        try:
+            result = step()
+        except SaslCancelled:
             self._error(R.AUTH_CANCELLED, events)
             return
-        try:
-            decoded = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError):
+        except SaslError:
             self._error(R.AUTH_BAD_ENCODING, events)
             return
-        self._auth_parts.append(decoded)
-        if self._auth_mech == "LOGIN" and len(self._auth_parts) == 1:
+        if isinstance(result, Challenge):
             self._state = _AUTH
-            self._out.append(b"334 UGFzc3dvcmQ6\r\n")
+            self._out.append(b"334 " + result.data + b"\r\n")
             return
-        try:
-            if self._auth_mech == "PLAIN":
-                authzid, username, password = (p.decode("utf-8") for p in self._auth_parts[0].split(b"\0"))
-            else:
-                authzid = ""
-                username, password = (p.decode("utf-8") for p in self._auth_parts)
-        except (ValueError, UnicodeDecodeError):
-            self._error(R.AUTH_BAD_ENCODING, events)
-            return
-        finally:
-            self._auth_parts = []
-        if not username or (authzid and authzid != username):
-            self._error(R.AUTH_FAILED, events)
-            return
-        self._waiting = Authenticate(self._auth_mech, authzid, username, password)
+        self._waiting = Authenticate(self._sasl_name, result.authzid, result.username, result.password)
         events.append(self._waiting)
 
     # ----------------------------------------------------------------- message data

@@ -1,0 +1,121 @@
+"""mta.main -- postroom-mta: receive mail over SMTP into the spool, and run the queue.
+
+`build()` wires the pieces into the runner's service tree: the spool (leftovers of
+a crash in tmp/ removed at start), the spool writer (group commit), the recipient
+policy, the checks, one listener per entry of mta.yaml's `listeners`, the queue
+manager, and, with `receive_processes` above 1, the extra receiving processes
+that share the listening sockets (mta.workers).
+
+SECURITY: binds while privileged, then the runner drops to the configured user
+before anything is read from the network.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import Service
+
+from common.log import get_logger
+from common.runner import listen, run
+from common.spool import Spool
+
+log = get_logger("postroom.mta")
+
+#: Set by mta.workers in a receiving process it starts: "name=fd,name=fd".
+WORKER_ENV = "POSTROOM_MTA_WORKER_FDS"
+
+
+class WriterService(Service):
+    """Starts and stops the spool writer's thread pool with the daemon."""
+
+    name = "spool-writer"
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def startService(self):
+        super().startService()
+        self.writer.start()
+
+    def stopService(self):
+        super().stopService()
+        self.writer.stop()
+
+
+def receive_processes(cfg) -> int:
+    n = cfg.daemon.receive_processes
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+def build_receiver(cfg, reactor, on_commit=None):
+    """The ReceiverContext of this process (shared by every listener's sessions)."""
+    from common.auth import Authenticator
+    from common.tls import ServerTLS
+    from common.users import UserDB
+
+    from .aliases import Aliases
+    from .policy import RecipientPolicy
+    from .receiver import SpoolWriter
+    from .smtpd import ReceiverContext
+
+    mta = cfg.daemon
+    spool = Spool(cfg.core.paths.spool, create=True)
+    server_tls = ServerTLS(cfg.core.tls, cfg.path("postroom.yaml")) if cfg.core.tls.certificate else None
+    users = UserDB(cfg.core.auth.users_file)
+    authenticator = Authenticator(cfg.core, reactor, users=users) if any(
+        listener.auth_on for listener in mta.listeners.values()) else None
+    policy = RecipientPolicy(cfg.core, mta.recipients, users, Aliases(mta.recipients.aliases_file))
+    checks = None
+    if any(listener.checks_on for listener in mta.listeners.values()):
+        try:
+            from .checks import MessageChecks  # the checks engineer's module
+        except ImportError:
+            log.warn("mta.checks is not available: SPF, DKIM, DMARC and blocklist checks are off")
+        else:
+            checks = MessageChecks(cfg, reactor)
+    writer = SpoolWriter(spool, reactor, threads=mta.spool_threads, on_commit=on_commit)
+    return ReceiverContext(cfg, reactor, writer, policy, server_tls=server_tls,
+                           authenticator=authenticator, checks=checks,
+                           processes=receive_processes(cfg))
+
+
+def build(cfg, parent, reactor) -> None:
+    from .smtpd import SmtpFactory
+
+    inherited = os.environ.pop(WORKER_ENV, None)
+    if inherited is None:
+        removed = Spool(cfg.core.paths.spool, create=True).clean_tmp()
+        if removed:
+            log.info("removed {n} unfinished spool files from tmp/", n=removed)
+    queue_service = None
+    if inherited is None:
+        from .queue import make_queue_service
+        queue_service = make_queue_service(cfg, reactor)
+
+    def nudge(_count):
+        if queue_service is not None:
+            queue_service.nudge()
+
+    ctx = build_receiver(cfg, reactor, on_commit=nudge)
+    WriterService(ctx.writer).setServiceParent(parent)
+    if inherited is not None:
+        from .workers import adopt_listeners
+        adopt_listeners(parent, cfg, ctx, inherited, reactor)
+        return
+    listeners = []
+    for name, listener in cfg.daemon.listeners.items():
+        listeners.append(listen(parent, listener, SmtpFactory(ctx, name, listener), ctx.server_tls, reactor,
+                                name=f"smtp-{name}"))
+    if receive_processes(cfg) > 1 and listeners:
+        from .workers import WorkerPool
+        WorkerPool(cfg, listeners, receive_processes(cfg) - 1, reactor).setServiceParent(parent)
+    queue_service.setServiceParent(parent)
+
+
+def main(argv=None):
+    run("mta", build, argv, description="postroom SMTP server: receives mail into the spool and delivers it")
+
+
+if __name__ == "__main__":
+    main()
