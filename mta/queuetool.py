@@ -49,7 +49,7 @@ def _spool(args) -> Spool:
         print(f"postroom-queue: {e}", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
     spool = Spool(cfg.core.paths.spool)
-    if not os.access(spool.dir("deferred"), os.R_OK | os.X_OK):
+    if spool.dir("deferred").exists() and not os.access(spool.dir("deferred"), os.R_OK | os.X_OK):
         print(f"postroom-queue: no permission to read {spool.root}; run as root or the MTA user",
               file=sys.stderr)
         raise SystemExit(EX_NOPERM)
@@ -208,7 +208,11 @@ def request_flush(spool: Spool) -> None:
 
 
 def cmd_flush(spool: Spool, args) -> int:
-    request_flush(spool)
+    try:
+        request_flush(spool)
+    except OSError as e:
+        print(f"postroom-queue: cannot request a flush: {e}", file=sys.stderr)
+        return EX_TEMPFAIL
     print("postroom-queue: flush requested", file=sys.stderr)
     return EX_OK
 
