@@ -1,0 +1,71 @@
+"""Helpers for the MDA tests: a configuration folder with mda.yaml, users' maildirs
+and Sieve scripts, and reading what landed in a maildir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from common.config import load
+from common.spool import Spool
+from tests.support.config import base_config
+
+MESSAGE = (b"From: Sender <sender@remote.test>\r\n"
+           b"To: Alice <alice@example.test>\r\n"
+           b"Subject: hello\r\n"
+           b"Message-ID: <m1@remote.test>\r\n"
+           b"Date: Sun, 22 Nov 2026 01:00:00 +0000\r\n"
+           b"\r\n"
+           b"Hi Alice.\r\n")
+
+
+def mda_config(tmp_path: Path, mda_yaml: str = "", user_extra: dict[str, str] | None = None,
+               core_extra: str = "") -> Path:
+    etc = base_config(tmp_path, user_extra=user_extra, core_extra=core_extra)
+    (etc / "mda.yaml").write_text(mda_yaml or "consumer:\n  enabled: true\n")
+    Spool(tmp_path / "spool", create=True)   # the MTA's, made here as the MTA would
+    return etc
+
+
+def deliverer(etc: Path):
+    from mda.delivery import Deliverer
+    cfg = load(etc, "mda")
+    return Deliverer(cfg.core, cfg.daemon)
+
+
+def home(tmp_path: Path, user: str = "alice") -> Path:
+    return tmp_path / "mail" / "example.test" / user
+
+
+def maildir(tmp_path: Path, user: str = "alice") -> Path:
+    return home(tmp_path, user) / "Maildir"
+
+
+def write_script(tmp_path: Path, text: str, user: str = "alice") -> Path:
+    h = home(tmp_path, user)
+    h.mkdir(parents=True, exist_ok=True)
+    (h / ".sieve").write_text(text)
+    return h / ".sieve"
+
+
+def folder_files(tmp_path: Path, folder: str = "INBOX", user: str = "alice") -> list[Path]:
+    """Every message file in a folder (new/ and cur/)."""
+    root = maildir(tmp_path, user)
+    box = root if folder == "INBOX" else root / ("." + folder)
+    out = []
+    for sub in ("new", "cur"):
+        d = box / sub
+        if d.is_dir():
+            out += sorted(d / n for n in os.listdir(d))
+    return out
+
+
+def all_message_files(tmp_path: Path, user: str = "alice") -> list[Path]:
+    root = maildir(tmp_path, user)
+    out = []
+    if not root.exists():
+        return out
+    for dirpath, _dirs, files in os.walk(root):
+        if os.path.basename(dirpath) in ("new", "cur"):
+            out += [Path(dirpath) / f for f in files]
+    return out
