@@ -216,7 +216,9 @@ class Part:
                 node = None
             if node is None:
                 return None
-            container = node.message
+            # A multipart's parts are numbered below it; a message/rfc822 part's
+            # numbers continue in the message it carries.
+            container = node.message if node.message is not None else (node if node.children else None)
         return node
 
 

@@ -24,6 +24,13 @@ def string(value: bytes | str) -> bytes:
     return b"{%d}\r\n" % len(value) + value
 
 
+def literal(value: bytes | None) -> bytes:
+    """Message content: always a literal (as clients expect for body data), or NIL."""
+    if value is None:
+        return b"NIL"
+    return b"{%d}\r\n" % len(value) + value
+
+
 def nstring(value: bytes | str | None) -> bytes:
     return b"NIL" if value is None else string(value)
 

@@ -20,7 +20,7 @@ from common.storage import StorageError
 from .. import fetch as items
 from ..parser import FetchAtt
 from ..protocol import SELECTED, Done, command
-from ..response import date_time, nstring
+from ..response import date_time, literal
 from .selected import resolve
 
 SETS_SEEN = {"BODY", "RFC822", "RFC822.TEXT"}
@@ -45,17 +45,17 @@ def _render(conn, sel, uid: int, att: FetchAtt) -> bytes:
     if name == "BODY" and att.section is None:
         return b"BODY " + items.body_structure(loaded.tree, extensible=False)
     if name == "RFC822":
-        return b"RFC822 " + nstring(loaded.data)
+        return b"RFC822 " + literal(loaded.data)
     if name == "RFC822.HEADER":
-        return b"RFC822.HEADER " + nstring(loaded.tree.header)
+        return b"RFC822.HEADER " + literal(loaded.tree.header)
     if name == "RFC822.TEXT":
-        return b"RFC822.TEXT " + nstring(loaded.tree.body)
+        return b"RFC822.TEXT " + literal(loaded.tree.body)
     # BODY[section]<partial> and BODY.PEEK[...]
     data = items.partial(items.section_bytes(loaded.tree, att.section), att.partial)
     label = b"BODY[" + str(att.section).encode() + b"]"
     if att.partial is not None:
         label += b"<%d>" % att.partial[0]
-    return label + b" " + nstring(data)
+    return label + b" " + literal(data)
 
 
 def _fetch(conn, tag, r, uid_mode: bool):
