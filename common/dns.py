@@ -143,7 +143,7 @@ class Resolver:
         except dns.resolver.YXDOMAIN:
             raise NXDomain(f"{name}: name too long after DNAME substitution") from None
         except dns.resolver.NoAnswer:
-            raise NoAnswer(f"{name}: no {dns.rdatatype.to_text(dns.rdatatype.from_text(rdtype) if isinstance(rdtype, str) else rdtype)} records") from None
+            raise NoAnswer(f"{name}: no {rdtype} records") from None
         except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.BadEscape) as e:
             raise NXDomain(f"{name!r}: not a valid domain name ({e})") from None
         except dns.exception.Timeout:

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 
 from common.dns import plain_ip
+from common.log import get_logger
 
 V1_PREFIX = b"PROXY "
 V1_MAX = 107  # the longest version 1 line, CRLF included
@@ -41,7 +41,7 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V2_FIXED = 16
 V2_ADDRESS_SIZES = {0x1: 12, 0x2: 36, 0x3: 216}  # INET, INET6, UNIX
 
-log = Logger(namespace="proxyproto")
+log = get_logger("proxyproto")
 
 
 class ProxyHeaderError(Exception):

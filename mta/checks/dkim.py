@@ -23,9 +23,16 @@ import re
 from dataclasses import dataclass
 
 import dkim
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from common.dns import DnsTemporaryError, NoAnswer, NXDomain, Resolver
+
+_SIGNATURE_FIELD = re.compile(rb"(?im)^dkim-signature[ \t]*:")
+
+
+def _has_signature(message: bytes) -> bool:
+    end = message.find(b"\r\n\r\n")
+    return bool(_SIGNATURE_FIELD.search(message, 0, len(message) if end < 0 else end))
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ def verify_dkim_sync(resolver: Resolver, message: bytes, max_signatures: int = 5
     try:
         verifier = dkim.DKIM(message, minkey=min_key_bits, timeout=resolver.timeout)
     except dkim.DKIMException as e:
-        if re.search(rb"(?im)^dkim-signature\s*:", message.split(b"\r\n\r\n", 1)[0]):
+        if _has_signature(message):
             return [DkimResult("permerror", "", "", "", f"unparsable message: {e}")]
         return []
     signatures = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
@@ -99,4 +106,6 @@ def verify_dkim_sync(resolver: Resolver, message: bytes, max_signatures: int = 5
 
 def verify_dkim(resolver: Resolver, message: bytes, max_signatures: int = 5, min_key_bits: int = 1024) -> Deferred:
     """Deferred[list[DkimResult]], one per signature verified."""
+    if not _has_signature(message):
+        return succeed([])  # most mail: no thread, no parsing
     return resolver.in_thread(verify_dkim_sync, resolver, message, max_signatures, min_key_bits)
