@@ -180,12 +180,16 @@ def secure_transport(transport) -> bool:
 
 def peer_ip(transport) -> str:
     """The client's IP address: the PROXY-given one when there is one, else the
-    socket's. A unix socket peer is local and reads as 127.0.0.1."""
+    socket's. An IPv4 client of a dual-stack IPv6 socket reads as its IPv4 address
+    (::ffff:192.0.2.1 -> 192.0.2.1), so address rules and DNS checks see one form.
+    A unix socket peer is local and reads as 127.0.0.1."""
     peer = transport.getPeer()
     host = getattr(peer, "host", None)
-    if isinstance(host, str) and host:
-        return host
-    return "127.0.0.1"
+    if not isinstance(host, str) or not host:
+        return "127.0.0.1"
+    if host.startswith("::ffff:") and "." in host:
+        return host[len("::ffff:"):]
+    return host
 
 
 def _walk(service) -> list:

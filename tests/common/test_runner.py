@@ -273,3 +273,40 @@ def test_syslog_rfc3164_over_a_unix_datagram_socket(tmp_path):
     assert time.strptime(stamp.replace("  ", " 0"), "%b %d %H:%M:%S")
     assert rest.split(" ", 1)[1] == f"postroom-pop3d[{os.getpid()}]: session=S3 warn: too many errors from 192.0.2.7"
     assert second.startswith("<22>") and "hunter2" not in second and "<redacted>" in second
+
+
+ACTIVATE = """
+import os, socket, sys
+port, module, etc = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen()
+os.dup2(s.fileno(), 3)  # what systemd does: the sockets start at fd 3
+os.set_inheritable(3, True)
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="smtp")
+os.execv(sys.executable, [sys.executable, "-m", module, "--config", etc])
+"""
+
+
+def test_systemd_socket_activation_endpoint(tmp_path):
+    """A listener `systemd:domain=INET:name=smtp` adopts the socket systemd passes (here
+    passed the way systemd does it: fd 3, LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES)."""
+    port = free_port()
+    etc = fixture_config(tmp_path, "listeners:\n  main:\n    endpoint: systemd:domain=INET:name=smtp\n    tls: none\n")
+    log = open(tmp_path / "out.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-c", ACTIVATE, str(port), MODULE, str(etc)], cwd=str(ROOT),
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: b"postroom-fixture started" in (tmp_path / "out.log").read_bytes() or proc.poll() is not None,
+                 timeout=20, what="the daemon to start")
+        client = Client(port)
+        assert client.ask("PEER") == "250 127.0.0.1"
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, (tmp_path / "out.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        log.close()
