@@ -28,7 +28,7 @@ import pwd
 import re
 import time
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from .config.loader import ConfigError
-from .passwords import UnknownScheme, scheme_of
+from .passwords import UnknownScheme, scheme_of, split_scheme
 
 if TYPE_CHECKING:
     from .config.core import PostroomConfig
@@ -231,7 +231,7 @@ class UserDB:
             self._warn_about(record)
         self._users = users
         self._stamp = stamp
-        self._reference = next((r.password for r in users.values() if _verifiable_hash(r.password)), None)
+        self._reference = _reference_hash(users.values())
 
     def _warn_about(self, record: UserRecord) -> None:
         """Log, once per user, a password postroom cannot verify or one stored in clear."""
@@ -299,13 +299,33 @@ class UserDB:
         return len(self._users)
 
     def reference_hash(self) -> str | None:
-        """A stored hash from the file, or None: common.auth verifies an unknown user's
-        password against it, so that unknown users cost what real ones do."""
+        """A stored hash from the file, of the kind most users have, or None: common.auth
+        verifies an unknown user's password against it, so that unknown users cost
+        what real ones do."""
         return self._reference
 
 
-def _verifiable_hash(stored: str) -> bool:
-    try:
-        return scheme_of(stored) != "PLAIN"
-    except UnknownScheme:
-        return False
+def _cost_class(scheme: str, stored: str) -> tuple[str, ...]:
+    """The parts of a stored hash that set what verifying it costs (scheme, rounds, memory)."""
+    parts = split_scheme(stored)[1].split("$")
+    if scheme in ("ARGON2ID", "ARGON2I"):
+        return (scheme, *parts[:4])  # $argon2id$v=19$m=65536,t=3,p=4$
+    if scheme == "BLF-CRYPT":
+        return (scheme, *parts[:3])  # $2y$10$
+    return (scheme, *parts[:3]) if len(parts) > 2 and parts[2].startswith("rounds=") else (scheme,)
+
+
+def _reference_hash(records: Iterable[UserRecord]) -> str | None:
+    """A stored hash of the kind (scheme and cost) most users have, so that checking an
+    unknown user costs what checking most real users does."""
+    by_class: dict[tuple[str, ...], list[str]] = {}
+    for record in records:
+        try:
+            scheme = scheme_of(record.password)
+        except UnknownScheme:
+            continue
+        if scheme != "PLAIN":
+            by_class.setdefault(_cost_class(scheme, record.password), []).append(record.password)
+    if not by_class:
+        return None
+    return max(by_class.values(), key=len)[0]
