@@ -419,10 +419,10 @@ def test_real_reactor_with_deferToThread(tmp_path):
     messages = {m for m, _ in out["failures"]}
     assert messages == {"Authentication failed"}
     waits = [w for _, w in out["failures"]]
-    # Verification takes its own time on top; the delays themselves are 0.1, 0.2, 0.4, 0.4, 0.4.
+    # Each answer waited at least its delay (0.1, 0.2, 0.4, then the 0.4 bound) on top of the
+    # check; the growth itself is measured exactly with a Clock above.
     for wait, delay in zip(waits, (0.1, 0.2, 0.4, 0.4, 0.4)):
         assert wait >= delay
-    assert waits[2] > waits[0]
     assert max(waits) < 0.4 + 10  # bounded (generous for a busy machine)
 
 
