@@ -311,7 +311,7 @@ def _chown_unix_sockets(parent, uid: int, gid: int) -> None:
         if isinstance(service, ListenerService) and str(service.listener.endpoint).startswith("unix:"):
             port = getattr(service, "_waitingForPort", None)
             listening = port.result if port is not None and port.called else None
-            path = getattr(listening, "port", None)
+            path = getattr(listening.getHost(), "name", None) if listening is not None else None
             if isinstance(path, (str, bytes)):
                 try:
                     os.chown(path, uid, gid)

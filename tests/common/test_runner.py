@@ -76,7 +76,9 @@ def test_binds_below_1024_then_drops_to_the_configured_user(tmp_path):
     require(os.geteuid() == 0, "root, to bind a port below 1024 and drop privileges")
     nobody = pwd.getpwnam("nobody")
     port = free_low_port()
-    etc = fixture_config(tmp_path, plain_listener(port))
+    sock_path = tmp_path / "run" / "fixture.sock"
+    etc = fixture_config(tmp_path, plain_listener(port) + f"  local:\n    endpoint: unix:{sock_path}:mode=660\n"
+                                                          "    tls: none\n")
     set_core(etc, "user:", "user: nobody")
     # The pid file is written after the drop, so in a folder nobody can reach
     # (pytest's own tmp folders are root's alone).
@@ -92,6 +94,9 @@ def test_binds_below_1024_then_drops_to_the_configured_user(tmp_path):
         client = Client(port)  # the port bound as root still answers
         assert client.ask("PEER") == "250 127.0.0.1"
         client.close()
+        # The unix socket bound as root is handed to the daemon's user, its mode kept.
+        st = sock_path.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (nobody.pw_uid, nobody.pw_gid, 0o660)
         assert pidfile.read_text() == f"{daemon.proc.pid}\n"
         assert daemon.stop() == 0
         assert not pidfile.exists()
