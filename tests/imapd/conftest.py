@@ -4,6 +4,7 @@ running as a real process on loopback ports."""
 from __future__ import annotations
 
 import imaplib
+import itertools
 import ssl
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,12 +76,12 @@ def imapd_server(tmp_path_factory):
         assert "Traceback" not in server.daemon.output(), server.daemon.output()
 
 
-_next_user = iter(range(10**6))
+_next_user: dict[int, itertools.count] = {}
 
 
 @pytest.fixture
 def imapd(imapd_server):
     """The module's server, with a user of this test's own (a fresh, empty maildir)."""
-    n = next(_next_user)
+    n = next(_next_user.setdefault(id(imapd_server), itertools.count()))
     assert n < 40, "more tests than users in USERS"
     return replace(imapd_server, user=f"user{n}@example.test")
