@@ -58,7 +58,8 @@ class DeliveryRequest:
     sender: str                         # "" for the null sender
     recipient: str                      # as given in RCPT TO / -a / the spool (may carry +detail)
     user: str | None = None             # the user database name, when already known
-    folder: str | None = None           # the default folder (postroom-deliver -m, a +detail folder)
+    folder: str | None = None           # the default folder (postroom-deliver -m)
+    detail: str | None = None           # the +detail, when the MTA already split it off
     unique: str | None = None           # exactly-once base name (spool consumer)
     retry: bool = False                 # an earlier attempt may have delivered part of it
     trace_id: str | None = None
@@ -274,6 +275,7 @@ class Deliverer:
         store = self.store_for(rec)
         maildir = rec.maildir(self.core)
         report = DeliveryReport(user=rec.name)
+        detail = req.detail or detail
         nl = req.message.find(b"\n")
         eol = b"\r\n" if nl > 0 and req.message[nl - 1:nl] == b"\r" else b"\n"
         delivered_line = f"Delivered-To: {req.recipient}".encode("utf-8") + eol

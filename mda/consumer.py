@@ -1,0 +1,192 @@
+"""mda.consumer -- the spool consumer: deliver the queue manager's hand-offs.
+
+The queue manager writes mda/<handoff_id> (a `common.spool.Handoff`: which local
+recipients of which spool file). For each one the consumer:
+
+1. delivers every listed recipient with `mda.delivery` (in a thread pool, so the
+   fsync waits of several hand-offs overlap);
+2. writes mda-done/<handoff_id> with one `HandoffResult` per recipient, durably;
+3. only then removes mda/<handoff_id>.
+
+A crash at any point loses nothing: the request stays until its answer is durable.
+A retry after a crash does not deliver a second copy: each file gets the
+deterministic base name <handoff_id>.<recipient index>, and for hand-offs found at
+start (the only ones an earlier run can have touched) each folder is checked for
+it first; redirects and vacation replies leave markers (see mda.delivery). An
+answer already in mda-done/ means only the removal was missed.
+
+Hand-offs are picked up at once through inotify (Linux), and by a periodic scan
+everywhere (the only way on FreeBSD, and a safety net).
+
+POSTROOM_TEST_CRASH_AT (test only, never set in production): a comma-separated
+list of points (start, after_deliver, before_results, after_results, after_remove)
+where the process kills itself with SIGKILL, so tests can check the rules above.
+
+SECURITY: hand-offs and spool files are written by the MTA's user and trusted as
+far as their format goes; a hand-off that does not parse is moved to corrupt/.
+Messages are untrusted and only passed to mda.delivery.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from twisted.application.service import Service
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from common.errors import MailError
+from common.log import get_logger
+from common.spool import (BOUNCED, DEFERRED, DELIVERED, CorruptSpoolFile, Handoff, HandoffResult, Spool, parse,
+                          write_handoff_results)
+
+from .delivery import Deliverer, DeliveryRequest
+
+log = get_logger("mda.consumer")
+
+CRASH_POINTS = frozenset(os.environ.get("POSTROOM_TEST_CRASH_AT", "").replace(" ", "").split(",")) - {""}
+
+
+def crash_point(name: str) -> None:
+    """Test only: die here, as a power cut would, when POSTROOM_TEST_CRASH_AT names it."""
+    if name in CRASH_POINTS:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class HandoffProcessor:
+    """Delivers one hand-off at a time; safe to call from several threads."""
+
+    def __init__(self, spool: Spool, deliverer: Deliverer, detail_folders: bool):
+        self.spool = spool
+        self.deliverer = deliverer
+        self.detail_folders = detail_folders
+
+    def process(self, handoff_id: str, retry: bool) -> list[HandoffResult] | None:
+        """Deliver, answer, remove. Returns the results (None if there was nothing to do)."""
+        request_path = self.spool.path("mda", handoff_id)
+        crash_point("start")
+        if self.spool.path("mda-done", handoff_id).exists():
+            # Answered before a crash; only the removal was missed.
+            self._remove(handoff_id)
+            return None
+        try:
+            handoff = Handoff.from_json(request_path.read_bytes())
+            if handoff.handoff_id != handoff_id or not isinstance(handoff.recipients, list):
+                raise ValueError("hand-off id mismatch")
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, KeyError) as e:
+            log.error("hand-off {hid} does not parse ({error}); moved to corrupt/", hid=handoff_id, error=str(e))
+            self.spool.move(handoff_id, "mda", "corrupt")
+            return None
+        results = self.deliver_all(handoff, retry)
+        crash_point("before_results")
+        write_handoff_results(self.spool, handoff_id, results)
+        crash_point("after_results")
+        self._remove(handoff_id)
+        crash_point("after_remove")
+        return results
+
+    def _remove(self, handoff_id: str) -> None:
+        try:
+            self.spool.remove("mda", handoff_id)
+        except FileNotFoundError:
+            pass
+
+    def deliver_all(self, handoff: Handoff, retry: bool) -> list[HandoffResult]:
+        try:
+            sf = parse(Path(handoff.spool_path))
+            message = sf.read_message()
+        except (CorruptSpoolFile, OSError) as e:
+            log.error("hand-off {hid}: spool file unreadable: {error}", hid=handoff.handoff_id, error=str(e),
+                      queue_id=handoff.queue_id)
+            return [HandoffResult(i, DEFERRED, "4.3.0", "spool file unreadable") for i in handoff.recipients]
+        env = sf.envelope
+        results = []
+        for index in handoff.recipients:
+            if not isinstance(index, int) or not 0 <= index < len(env.recipients):
+                log.error("hand-off {hid}: no recipient {index}", hid=handoff.handoff_id, index=index)
+                continue
+            rcpt = env.recipients[index]
+            req = DeliveryRequest(
+                message=message, sender=env.sender, recipient=rcpt.address, user=rcpt.mailbox,
+                detail=rcpt.folder, unique=f"{handoff.handoff_id}.{index}", retry=retry, trace_id=env.trace_id)
+            try:
+                report = self.deliverer.deliver(req)
+            except MailError as e:
+                state = DEFERRED if e.temporary else BOUNCED
+                log.info("to=<{rcpt}> {state}: {code} {enhanced} {detail}", rcpt=rcpt.address, state=state,
+                         code=e.code, enhanced=e.enhanced, detail=e.detail, queue_id=env.queue_id)
+                results.append(HandoffResult(index, state, e.enhanced, e.public))
+            except Exception as e:  # noqa: BLE001 - any unexpected error is a temporary failure
+                log.failure("to=<{rcpt}> deferred: unexpected error", rcpt=rcpt.address, queue_id=env.queue_id)
+                results.append(HandoffResult(index, DEFERRED, "4.3.0", f"temporary local problem ({type(e).__name__})"))
+            else:
+                where = ",".join(report.mailboxes) or ("redirected" if report.redirects else "discarded")
+                log.info("to=<{rcpt}> delivered: {where}", rcpt=rcpt.address, where=where, queue_id=env.queue_id)
+                results.append(HandoffResult(index, DELIVERED, "2.0.0", f"delivered to {where}"[:200]))
+            crash_point("after_deliver")
+        return results
+
+
+class SpoolConsumer(Service):
+    """Watches mda/ and feeds hand-offs to a pool of worker threads."""
+
+    name = "mda-consumer"
+
+    def __init__(self, spool: Spool, deliverer: Deliverer, cfg, reactor):
+        self.spool = spool
+        self.cfg = cfg
+        self.reactor = reactor
+        self.processor = HandoffProcessor(spool, deliverer, cfg.detail_folders)
+        self.workers = cfg.consumer.workers
+        self.pool = ThreadPool(minthreads=self.workers, maxthreads=self.workers, name="mda-delivery")
+        self.in_flight: set[str] = set()
+        self.found_at_start: set[str] = set()
+        self.watcher = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.spool.dir("mda").mkdir(parents=True, exist_ok=True)
+        self.spool.dir("mda-done").mkdir(parents=True, exist_ok=True)
+        # Anything here now may have been half done by an earlier run.
+        self.found_at_start = set(self.spool.list("mda"))
+        self.pool.start()
+        from common.storage.watch import Watcher
+        self.watcher = Watcher([self.spool.dir("mda")], self.scan, self.reactor,
+                               interval=float(self.cfg.consumer.scan_interval), settle=0.0)
+        self.watcher.start()
+        self.reactor.callLater(0, self.scan)
+
+    def stopService(self):
+        super().stopService()
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.pool.stop()   # waits for the hand-offs in flight
+
+    def scan(self) -> None:
+        if not self.running:
+            return
+        limit = self.workers * 4
+        for hid in self.spool.list("mda"):
+            if len(self.in_flight) >= limit:
+                break
+            if hid in self.in_flight:
+                continue
+            self.in_flight.add(hid)
+            retry = hid in self.found_at_start
+            d = deferToThreadPool(self.reactor, self.pool, self.processor.process, hid, retry)
+            d.addErrback(self._failed, hid)
+            d.addBoth(self._done, hid)
+
+    def _failed(self, failure, hid: str) -> None:
+        # The request stays in mda/ and is tried again at the next scan.
+        log.failure("hand-off {hid} not finished; will retry", failure, hid=hid)
+
+    def _done(self, _result, hid: str) -> None:
+        self.in_flight.discard(hid)
+        self.found_at_start.discard(hid)
+        if self.running and len(self.in_flight) < self.workers:
+            self.scan()
