@@ -251,3 +251,72 @@ def spool_files(spool_root, queue: str) -> list[str]:
         return sorted(n for n in os.listdir(f"{spool_root}/{queue}") if not n.startswith("."))
     except FileNotFoundError:
         return []
+
+
+class PostroomMta:
+    """A whole postroom-mta (python -m mta.main) on one loopback address."""
+
+    def __init__(self, tmp, host: str, local_domains, users, mta_yaml: str, core_extra: str = ""):
+        from tests.support import Daemon
+        from tests.support.config import base_config
+
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.etc = base_config(tmp, users=users, local_domains=tuple(local_domains), core_extra=core_extra)
+        (self.etc / "aliases").write_text("")
+        (self.etc / "mta.yaml").write_text(mta_yaml)
+        self.tmp = tmp
+        self.host = host
+        self.spool = tmp / "spool"
+        self.daemon = Daemon("mta.main", self.etc)
+
+    def start(self, *ports: int):
+        from tests.support import wait_for_port
+
+        self.daemon.start()
+        for port in ports:
+            wait_for_port(port, host=self.host, proc=self.daemon.proc)
+        return self
+
+    def stop(self):
+        self.daemon.stop()
+
+    def files(self, *queues: str):
+        """SpoolFiles in the given queues (default: every queue a message can be in)."""
+        from common.spool import parse
+
+        out = []
+        for q in queues or ("incoming", "active", "deferred", "hold"):
+            for name in spool_files(self.spool, q):
+                try:
+                    out.append(parse(self.spool / q / name))
+                except (OSError, ValueError):
+                    pass
+        return out
+
+
+def submit(host: str, port: int, sender: str, rcpts, message: bytes, user: str | None = None,
+           password: str = "postroom") -> None:
+    """Send one message with smtplib (STARTTLS, AUTH when user is given)."""
+    import smtplib
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP(host, port, timeout=20) as s:
+        s.starttls(context=ctx)
+        if user:
+            s.login(user, password)
+        s.sendmail(sender, list(rcpts), message)
+
+
+def find_dsn(mta, timeout: float = 15.0):
+    """Wait for a delivery status notice (null sender) in mta's queue; parsed email."""
+    import email
+    import email.policy
+
+    from tests.support import wait_for
+
+    sf = wait_for(lambda: next((f for f in mta.files() if f.envelope.sender == ""
+                                and f.envelope.source == "bounce"), None), timeout, what="a DSN")
+    return sf, email.message_from_bytes(sf.read_message(), policy=email.policy.default)
