@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from twisted.internet import defer, error
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 
 from common.log import get_logger
 from common.smtp.client import (ClientOptions, Finished, Reply, SmtpClientConn, StartTls, Transaction,
@@ -100,6 +100,16 @@ class _ClientProtocol(Protocol):
             self.done.callback(self.conn.finished)
 
 
+class _OneShot(Factory):
+    noisy = False      # no "Starting factory" line per connection
+
+    def __init__(self, proto):
+        self.proto = proto
+
+    def buildProtocol(self, addr):
+        return self.proto
+
+
 def _endpoint(reactor, address: str, port: int, timeout: float, bind: tuple[str | None, str | None]):
     if ":" in address:
         src = (bind[1], 0) if bind[1] else None
@@ -120,7 +130,7 @@ def deliver(reactor, hosts, options: ClientOptions, transaction: Transaction, ti
         proto = _ClientProtocol(conn, timeouts, reactor,
                                 lambda h=host: tls_creator_for(h.name) if tls_creator_for else None)
         try:
-            yield connectProtocol(_endpoint(reactor, host.address, host.port, timeouts.connect, bind), proto)
+            yield _endpoint(reactor, host.address, host.port, timeouts.connect, bind).connect(_OneShot(proto))
         except Exception as e:
             last = temp(f"connect to {host.name}[{host.address}]:{host.port}: {_short(e)}", "4.4.1", "connect")
             last_host = host

@@ -132,7 +132,7 @@ class Pickup:
                        envid=env.envid if isinstance(env.envid, str) else None, size=len(message))
         if not any(self.spool.path(q, qid).exists() for q in ("incoming", "active", "deferred", "hold")):
             self.spool.write(new, [message], "incoming")
-            log.info("{queue_id} picked up from {user} (uid {uid}) from=<{sender}> nrcpt={n}", queue_id=qid,
+            log.info("picked up from {user} (uid {uid}) from=<{sender}> nrcpt={n}", queue_id=qid,
                      user=user, uid=st.st_uid, sender=sender, n=len(rcpts))
         path.unlink(missing_ok=True)
         fsync_dir(path.parent)
