@@ -21,6 +21,7 @@ replaces any event field named password, pass, secret, body or message_body with
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -188,10 +189,31 @@ def make_observer(log_cfg, daemon: str, stream: IO[str] | None = None):
     return RedactingObserver(FilteringLogObserver(writer, [predicate]))
 
 
+class _StdlibBridge(logging.Handler):
+    """Libraries that use the standard logging module (dkimpy, ...) log through
+    twisted.logger too, so their lines look the same and pass the same redaction."""
+
+    _LEVELS = ((logging.ERROR, LogLevel.error), (logging.WARNING, LogLevel.warn),
+               (logging.INFO, LogLevel.info))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = next((tw for std, tw in self._LEVELS if record.levelno >= std), LogLevel.debug)
+        try:
+            text = record.getMessage()
+        except Exception:
+            text = str(record.msg)
+        Logger(namespace=record.name).emit(level, "{text}", text=text)
+
+
 def setup_logging(log_cfg, daemon: str, stream: IO[str] | None = None) -> None:
-    """Send every twisted.logger event of this process through make_observer()."""
+    """Send every twisted.logger event of this process, and the standard logging
+    module's records, through make_observer()."""
     globalLogBeginner.beginLoggingTo([make_observer(log_cfg, daemon, stream)],
                                      redirectStandardIO=False)
+    root = logging.getLogger()
+    root.handlers[:] = [_StdlibBridge()]
+    root.setLevel({"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+                   "error": logging.ERROR}[log_cfg.level])
 
 
 class ContextLogger(Logger):

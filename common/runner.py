@@ -361,6 +361,8 @@ def run(name: str, build: Callable[[Any, MultiService, Any], None], argv: list[s
         build(cfg, parent, reactor)
         parent.privilegedStartService()
     except ConfigError as e:
+        if e.file is None and name in DAEMONS:  # found while building: the daemon's file
+            e.file = str(cfg.path(DAEMONS[name][0]))
         _fail(name, str(e), EX_CONFIG)
     except OSError as e:
         _fail(name, f"cannot start: {e}", EX_OSERR)
