@@ -109,21 +109,28 @@ def load_public_suffix_list(path: Path | None = None) -> PublicSuffixList:
 # -- the From domain and the record ------------------------------------------
 
 
-def from_domain(headers: list[tuple[str, str]]) -> tuple[str | None, str]:
-    """(domain, problem) of the RFC5322.From field; domain is None with a reason."""
+def from_domain(headers: list[tuple[str, str]]) -> tuple[str | None, str, str]:
+    """(domain, result, problem) for the RFC5322.From field: the domain in A-labels, or
+    None with the DMARC result to give (none or permerror) and why."""
     values = [v for name, v in headers if name.lower() == "from"]
     if not values:
-        return None, "no From header"
+        return None, "none", "no From header"
     if len(values) > 1:
-        return None, "more than one From header"
+        return None, "permerror", "more than one From header"
     domains = {addr.rpartition("@")[2].lower().rstrip(".") for _, addr in email.utils.getaddresses(values) if "@" in addr}
     domains.discard("")
-    if len(domains) != 1:
-        return None, "From names no domain" if not domains else "From names several domains"
+    if not domains:
+        return None, "none", "From names no domain"
+    if len(domains) > 1:
+        return None, "permerror", "From names several domains"
     domain = domains.pop()
-    if not re.fullmatch(r"[a-z0-9._-]+", domain) or ".." in domain:
-        return None, "From domain is not a domain name"
-    return domain, ""
+    try:
+        domain = domain.encode("idna").decode("ascii") if not domain.isascii() else domain
+    except UnicodeError:
+        return None, "permerror", "From domain is not a domain name"
+    if not re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)+", domain):
+        return None, "permerror", "From domain is not a domain name"
+    return domain, "", ""
 
 
 def parse_record(text: str) -> DmarcRecord | None:
@@ -181,10 +188,9 @@ def evaluate_dmarc(resolver: Resolver, headers: list[tuple[str, str]], spf_resul
     """Deferred[DmarcResult]. spf_* are the MAIL FROM result and domain (RFC 7489 uses
     only the MAIL FROM identity, or HELO when it is empty); dkim_passes are the d=
     domains of the signatures that verified."""
-    domain, problem = from_domain(headers)
+    domain, result, problem = from_domain(headers)
     if domain is None:
-        return DmarcResult("permerror" if "several" in problem or "more than one" in problem else "none",
-                           "", None, problem)
+        return DmarcResult(result, "", None, problem)
     org = psl.organizational_domain(domain)
     try:
         record = yield _fetch_record(resolver, domain)

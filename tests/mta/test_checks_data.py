@@ -283,3 +283,16 @@ class AuthResultsHeaderTests(unittest.SynchronousTestCase):
         self.assertEqual(authserv_id_of(" (c (nested)) MX.Example. 1; none"), "mx.example")
         self.assertEqual(authserv_id_of('"mx.example"; none'), "mx.example")
         self.assertEqual(authserv_id_of("mx.example;spf=pass"), "mx.example")
+
+
+class FromDomainTests(unittest.SynchronousTestCase):
+    def test_from_domain_forms(self):
+        from mta.checks.dmarc import from_domain
+        self.assertEqual(from_domain([("from", "A <a@Example.ORG.>")])[0], "example.org")
+        self.assertEqual(from_domain([("from", "a@bücher.example")])[0], "xn--bcher-kva.example")
+        self.assertEqual(from_domain([("from", "a@x.example, b@x.example")])[0], "x.example")
+        self.assertEqual(from_domain([("from", "a@x.example, b@y.example")])[1], "permerror")
+        self.assertEqual(from_domain([("from", "a@x.example"), ("from", "b@x.example")])[1], "permerror")
+        self.assertEqual(from_domain([("from", "a@[192.0.2.1]")])[1], "permerror")
+        self.assertEqual(from_domain([("from", "undisclosed")])[1], "none")
+        self.assertEqual(from_domain([("subject", "x")])[1], "none")
