@@ -9,6 +9,8 @@ SECURITY: binds as root if it must, then the runner drops to the configured user
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from twisted.application.service import Service
 
 from common.auth import Authenticator
@@ -35,8 +37,10 @@ def build(cfg, parent, reactor) -> None:
         server_tls = ServerTLS(cfg.core.tls, cfg.path("postroom.yaml"))
     auth = Authenticator(cfg.core, reactor)
     UsersReloader(auth).setServiceParent(parent)
+    last_login: OrderedDict[str, float] = OrderedDict()
     for name, listener in listeners.items():
-        factory = Pop3Factory(cfg, auth, server_tls, reactor, starttls=listener.tls == "starttls")
+        factory = Pop3Factory(cfg, auth, server_tls, reactor, starttls=listener.tls == "starttls",
+                              last_login=last_login)
         listen(parent, listener, factory, server_tls, reactor, name=f"pop3d-{name}")
 
 

@@ -37,6 +37,8 @@ from .protocol import (Authenticate, Close, Commit, Fetch, Limits, Listing, Pop3
 
 log = get_logger("pop3d")
 
+#: Seconds a closing connection may take to finish (TLS close_notify) before it is cut.
+CLOSE_WAIT = 2.0
 #: Users whose last login time is remembered for LOGIN-DELAY.
 MAX_LOGIN_TIMES = 100000
 
@@ -67,6 +69,7 @@ class Pop3Session(Protocol, TimeoutMixin):
         self.user: str | None = None
         self.login_attempt = None
         self.retrieved = 0
+        self._abort_call = None
 
     # --- connection -------------------------------------------------------------------
 
@@ -91,15 +94,24 @@ class Pop3Session(Protocol, TimeoutMixin):
     def timeoutConnection(self) -> None:
         self.log.info("idle timeout")
         self.transport.write(b"-ERR Autologout; idle for too long.\r\n")
-        self.transport.loseConnection()
+        self.close()
 
     def graceful_shutdown(self) -> None:
         """SIGTERM: say goodbye now; nothing the client marked is deleted (RFC 1939)."""
         if not self.lost and self.conn is not None and self.conn._waiting != "commit":
             self.transport.write(b"-ERR [SYS/TEMP] Server shutting down, try again later.\r\n")
-            self.transport.loseConnection()
+            self.close()
+
+    def close(self) -> None:
+        """Close after the pending output; a TLS peer that never answers our
+        close_notify is cut off after CLOSE_WAIT seconds."""
+        self.transport.loseConnection()
+        if self._abort_call is None:
+            self._abort_call = self.factory.reactor.callLater(CLOSE_WAIT, self.transport.abortConnection)
 
     def connectionLost(self, reason=None) -> None:
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         self.lost = True
         self.setTimeout(None)
         if self.login_attempt is not None and not self.login_attempt.called:
@@ -148,7 +160,7 @@ class Pop3Session(Protocol, TimeoutMixin):
                 tlsmod.start_tls(self.transport, self.factory.server_tls)
                 self.conn.tls_started()
             elif isinstance(event, Close):
-                self.transport.loseConnection()
+                self.close()
                 self.pending.clear()
 
     def authenticate(self, event: Authenticate) -> None:
@@ -170,7 +182,7 @@ class Pop3Session(Protocol, TimeoutMixin):
         self.log.failure("login handling broke", failure)
         if not self.lost:
             self.transport.write(b"-ERR [SYS/TEMP] Internal error, try again later.\r\n")
-            self.transport.loseConnection()
+            self.close()
 
     def logged_in(self, record) -> None:
         if self.lost:
@@ -241,7 +253,10 @@ class Pop3Session(Protocol, TimeoutMixin):
 
 
 class Pop3Factory(Factory):
-    def __init__(self, cfg, auth: Authenticator, server_tls, reactor, starttls: bool):
+    """One per listener; last_login (for LOGIN-DELAY) is shared by all of them."""
+
+    def __init__(self, cfg, auth: Authenticator, server_tls, reactor, starttls: bool,
+                 last_login: OrderedDict[str, float] | None = None):
         self.cfg = cfg
         self.auth = auth
         self.server_tls = server_tls
@@ -249,7 +264,7 @@ class Pop3Factory(Factory):
         self.starttls = starttls and server_tls is not None
         d = cfg.daemon
         self.limits = Limits(d.max_line_length, d.max_commands, d.max_bad_commands, d.max_auth_failures)
-        self.last_login: OrderedDict[str, float] = OrderedDict()
+        self.last_login = last_login if last_login is not None else OrderedDict()
 
     def remember_login(self, user: str, when: float) -> None:
         self.last_login[user] = when
