@@ -274,3 +274,26 @@ class ProxyFactoryTests(unittest.TestCase):
 
         greeting = await self.client(listening.getHost().port, talk)
         self.assertEqual(greeting, b"220 hello 198.51.100.9 1234 192.0.2.1 465\r\n")
+
+
+class ParseHeaderFuzzTests(unittest.SynchronousTestCase):
+    def test_any_bytes_give_a_header_more_or_a_clean_refusal(self):
+        from hypothesis import given, settings, strategies as st
+
+        prefixes = st.sampled_from([b"", b"PROXY ", b"PROXY TCP4 ", V2_SIGNATURE, V2_SIGNATURE + b"\x21"])
+
+        @settings(max_examples=400, deadline=None)
+        @given(prefixes, st.binary(max_size=300))
+        def check(prefix, tail):
+            data = prefix + tail
+            try:
+                header = parse_header(data)
+            except ProxyHeaderError:
+                return
+            if header is not None:
+                self.assertLessEqual(header.length, len(data))
+                self.assertLessEqual(header.length, 16 + 65535)
+            else:
+                self.assertLess(len(data), 16 + 65535)
+
+        check()

@@ -296,3 +296,28 @@ class FromDomainTests(unittest.SynchronousTestCase):
         self.assertEqual(from_domain([("from", "a@[192.0.2.1]")])[1], "permerror")
         self.assertEqual(from_domain([("from", "undisclosed")])[1], "none")
         self.assertEqual(from_domain([("subject", "x")])[1], "none")
+
+
+class HeaderFuzzTests(unittest.SynchronousTestCase):
+    def test_removing_fields_never_breaks_or_grows_a_message(self):
+        from hypothesis import given, settings, strategies as st
+
+        from mta.checks.authresults import remove_fields
+
+        line = st.one_of(
+            st.sampled_from([b"Authentication-Results: mx.receiver.test; spf=pass\r\n", b" folded\r\n",
+                             b"X-Postroom-Quarantine: dmarc\r\n", b"\r\n", b"Subject: x\r\n",
+                             b"Authentication-Results: (c) other.example; none\r\n"]),
+            st.binary(max_size=40))
+
+        @settings(max_examples=300, deadline=None)
+        @given(st.lists(line, max_size=12))
+        def check(lines):
+            msg = b"".join(lines)
+            out, removed = remove_fields(msg, "mx.receiver.test", also=("X-Postroom-Quarantine",))
+            self.assertLessEqual(len(out), len(msg))
+            self.assertEqual(removed == 0, out == msg)
+            self.assertTrue(msg.endswith(out.split(b"\r\n\r\n", 1)[1]) if b"\r\n\r\n" in out else True)
+            header_fields(out)
+
+        check()
