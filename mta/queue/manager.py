@@ -498,7 +498,10 @@ class QueueManager(Service):
             creds = self.credentials.lookup(hop)
             level = self.router.tls_level(hop, creds is not None)
             if creds is None and self.credentials.error and not hop.mx:
+                # Without its password a relay refuses permanently (530): wait for a fix instead.
                 log.warn("relay credentials unusable: {why}", why=self.credentials.error)
+                self._job_done(job, None, Reply(451, "4.7.0", "relay credentials file unusable", "internal"))
+                return
             env = msg.env
             message = msg.sf.read_message()
             tx = Transaction(env.sender, [Rcpt(env.recipients[i].address, env.recipients[i].notify,

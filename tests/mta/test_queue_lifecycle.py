@@ -1,0 +1,196 @@
+"""The queue manager's life cycle on a real spool: lifetime expiry and its RFC 3464
+bounce, delay warnings, null-sender and double bounces, the MDA hand-off both ways,
+corrupt files, and nothing delivered twice after SIGKILL."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import signal
+import time
+
+from common.spool import Handoff, HandoffResult, Recipient, Spool, parse, write_handoff_results
+from tests.support import free_port, wait_for
+
+from .queue_sink import Sink, mta_config, spool_files, spool_message, start_queue
+
+
+def _local_dsns(spool_root):
+    """DSNs the manager handed to the MDA (their recipient is local): parsed emails."""
+    out = []
+    spool = Spool(spool_root)
+    for hid in spool_files(spool_root, "mda"):
+        h = Handoff.from_json((spool_root / "mda" / hid).read_bytes())
+        sf = parse(spool.path("active", h.queue_id))
+        if sf.envelope.source == "bounce":
+            out.append((sf, email.message_from_bytes(sf.read_message(), policy=email.policy.default)))
+    return out
+
+
+def _status_part(dsn) -> str:
+    return [p for p in dsn.iter_parts() if p.get_content_type() == "message/delivery-status"][0].as_string()
+
+
+def test_lifetime_expiry_bounces_in_rfc3464_form_with_one_delay_warning(tmp_path):
+    port = free_port("127.0.0.3")      # nothing listens: every attempt fails
+    etc = mta_config(tmp_path, f"""
+        transports:
+          "*": "smtp:[127.0.0.3]:{port}"
+        tls: none
+        retry_first: 0.5s
+        retry_max: 1s
+        destination_backoff: 0.2s
+        scan_interval: 0.2s
+        delay_warning: 1s
+        max_lifetime: 3s
+    """)
+    spool = tmp_path / "spool"
+    qid = spool_message(spool, "alice@example.test",
+                        [Recipient("bob@remote.test", orcpt="rfc822;Bob.Original@remote.test"),
+                         Recipient("carol@remote.test", notify=("FAILURE",))], ret="HDRS", envid="ENV-77")
+    q = start_queue(etc)
+    try:
+        wait_for(lambda: len(_local_dsns(spool)) >= 2, 20, what="a delay warning and a bounce")
+        dsns = {d["Subject"]: (sf, d) for sf, d in _local_dsns(spool)}
+        assert len(dsns) == 2
+        sf, delay = dsns["Delayed Mail (still being retried)"]
+        status = _status_part(delay)
+        # NOTIFY=FAILURE only: carol gets no delay warning; bob (no NOTIFY) does.
+        assert "Action: delayed" in status and "bob@remote.test" in status and "carol" not in status
+        assert "Will-Retry-Until:" in status
+        sf, bounce = dsns["Undelivered Mail Returned to Sender"]
+        assert sf.envelope.sender == "" and sf.envelope.recipients[0].address == "alice@example.test"
+        assert bounce.get_content_type() == "multipart/report"
+        human, report, original = bounce.iter_parts()
+        assert human.get_content_type() == "text/plain" and "could not" in human.get_content()
+        status = report.as_string()
+        assert "Reporting-MTA: dns; mail.example.test" in status
+        assert "Original-Envelope-Id: ENV-77" in status
+        assert status.count("Action: failed") == 2          # one bounce lists both recipients
+        assert "Final-Recipient: rfc822; bob@remote.test" in status
+        assert "Original-Recipient: rfc822; Bob.Original@remote.test" in status
+        assert "Status: 4.4.1" in status and "expired" in status and "Connection refused" in status
+        # RET=HDRS: only the header comes back.
+        assert original.get_content_type() == "text/rfc822-headers"
+        assert "Subject: test" in original.get_content() and "Hello." not in original.get_content()
+        assert "Auto-Submitted: auto-replied" in bounce.as_string()
+        wait_for(lambda: qid not in spool_files(spool, "deferred") + spool_files(spool, "active"), 10,
+                 what="the original removed")
+    finally:
+        q.stop()
+
+
+def test_null_sender_never_bounces_and_double_bounce_goes_to_postmaster(tmp_path):
+    with Sink("127.0.0.3", refuse={"gone@remote.test": "550 5.1.1 gone",
+                                   "alsogone@remote.test": "550 5.1.1 gone too"}) as sink:
+        etc = mta_config(tmp_path, f"""
+            transports:
+              "*": "smtp:[127.0.0.3]:{sink.port}"
+            tls: none
+            postmaster: postmaster@example.test
+        """)
+        spool = tmp_path / "spool"
+        # A notification (null sender, not our bounce): dropped with a log line.
+        plain = spool_message(spool, "", ["gone@remote.test"])
+        # Our own bounce that cannot be delivered: a double bounce to the postmaster.
+        ours = spool_message(spool, "", [Recipient("alsogone@remote.test")], source="bounce")
+        q = start_queue(etc)
+        try:
+            wait_for(lambda: _local_dsns(spool), 15, what="the double bounce")
+            (sf, dsn), = _local_dsns(spool)
+            assert sf.envelope.recipients[0].address == "postmaster@example.test"
+            assert sf.envelope.extra.get("double_bounce") is True
+            assert "alsogone@remote.test" in _status_part(dsn)
+            wait_for(lambda: not spool_files(spool, "deferred") and plain not in spool_files(spool, "active")
+                     and ours not in spool_files(spool, "active"), 10, what="both originals removed")
+            assert "undeliverable mail with a null sender dropped: gone@remote.test" in q.output()
+        finally:
+            q.stop()
+
+
+def test_mda_handoff_results_applied_and_permanent_failures_bounced(tmp_path):
+    etc = mta_config(tmp_path, "tls: none\nscan_interval: 0.2s")
+    spool_root = tmp_path / "spool"
+    qid = spool_message(spool_root, "sender@example.test",
+                        [Recipient("alice@example.test", mailbox="alice@example.test"),
+                         Recipient("nobody@example.test"),
+                         Recipient("bob@example.test", mailbox="bob@example.test")])
+    q = start_queue(etc)
+    try:
+        (hid,) = wait_for(lambda: spool_files(spool_root, "mda"), 10, what="the hand-off")
+        h = Handoff.from_json((spool_root / "mda" / hid).read_bytes())
+        assert h.queue_id == qid and sorted(h.recipients) == [0, 1, 2]
+        assert parse(h.spool_path).queue_id == qid
+        # Play the MDA's side of the contract: answer, then remove the request.
+        spool = Spool(spool_root)
+        write_handoff_results(spool, hid, [
+            HandoffResult(0, "delivered", "2.0.0", "delivered to INBOX"),
+            HandoffResult(1, "bounced", "5.1.1", "no such user"),
+            HandoffResult(2, "deferred", "4.2.2", "over quota"),
+        ])
+        (spool_root / "mda" / hid).unlink()
+        sf = wait_for(lambda: qid in spool_files(spool_root, "deferred") and parse(spool.path("deferred", qid)),
+                      10, what="the message deferred for bob")
+        states = [r.state for r in sf.envelope.recipients]
+        assert states == ["delivered", "bounced", "deferred"]
+        assert sf.envelope.recipients[2].reason == "over quota"
+        assert not spool_files(spool_root, "mda-done")
+        # The bounce for nobody went to the sender, local again: a new hand-off.
+        (sf_dsn, dsn), = wait_for(lambda: _local_dsns(spool_root), 10, what="the bounce")
+        status = _status_part(dsn)
+        assert "nobody@example.test" in status and "Status: 5.1.1" in status and "alice" not in status
+    finally:
+        q.stop()
+
+
+def test_corrupt_file_goes_to_corrupt_and_the_rest_moves(tmp_path):
+    with Sink("127.0.0.3") as sink:
+        etc = mta_config(tmp_path, f"""
+            transports:
+              "*": "smtp:[127.0.0.3]:{sink.port}"
+            tls: none
+        """)
+        spool = tmp_path / "spool"
+        Spool(spool, create=True)
+        (spool / "incoming" / "0660D3000000000000BAD0").write_bytes(b"POSTROOM-SPOOL 1\nE 5\nnope")
+        spool_message(spool, "alice@example.test", ["bob@remote.test"])
+        q = start_queue(etc)
+        try:
+            sink.wait_for(1)
+            wait_for(lambda: spool_files(spool, "corrupt") == ["0660D3000000000000BAD0"], 10, what="corrupt/")
+            assert "moving 0660D3000000000000BAD0 to corrupt/" in q.output()
+        finally:
+            q.stop()
+
+
+def test_sigkill_mid_delivery_then_restart_delivers_nothing_twice(tmp_path):
+    with Sink("127.0.0.3", data_delay=0.4) as sink:
+        etc = mta_config(tmp_path, f"""
+            transports:
+              "*": "smtp:[127.0.0.3]:{sink.port}"
+            tls: none
+            max_per_destination: 2
+            retry_first: 0.5s
+            scan_interval: 0.2s
+        """)
+        spool = tmp_path / "spool"
+        ids = [spool_message(spool, "alice@example.test", [f"r{i}@remote.test"]) for i in range(8)]
+        q = start_queue(etc)
+        try:
+            sink.wait_for(3, timeout=20)
+            time.sleep(0.2)                  # deliveries are in flight: the sink is sitting on DATA
+            q.signal(signal.SIGKILL)
+            q.proc.wait(5)
+            q.log.close()
+            before = len(sink.messages)
+            assert before < 8 and spool_files(spool, "active"), "the kill came too late to mean anything"
+            q = start_queue(etc)
+            wait_for(lambda: len(sink.messages) >= 8 and not spool_files(spool, "active")
+                     and not spool_files(spool, "incoming") and not spool_files(spool, "deferred"), 30,
+                     what="every message delivered after the restart")
+            time.sleep(0.5)
+            got = sorted(r for m in sink.messages for r in m.recipients)
+            assert got == sorted(f"r{i}@remote.test" for i in range(8)), got
+        finally:
+            q.stop()
+    assert ids
