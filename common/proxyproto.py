@@ -4,7 +4,9 @@ A load balancer in front of a daemon opens the connection and first sends one he
 naming the real client; only then does the client's own conversation begin.
 `ProxyProtocolFactory` wraps a daemon's factory: its protocol reads that header, and
 only then builds the daemon's protocol, whose ``transport.getPeer()`` returns the
-real client address. Nothing is sent to the peer before the header has arrived, so
+real client address (and ``getHost()`` the address the client connected to on the
+proxy; a LOCAL or UNKNOWN header leaves both as they are). The transport itself
+answers so, which keeps it true after STARTTLS. Nothing is sent to the peer before the header has arrived, so
 server-speaks-first protocols (SMTP, IMAP, POP3) do not greet the proxy too early
 (Twisted's own haproxy endpoint does exactly that). Bytes after the header are
 passed on unchanged; implicit TLS, if any, is wrapped inside (the header comes
