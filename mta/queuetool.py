@@ -169,31 +169,27 @@ def cmd_delete(spool: Spool, args) -> int:
     return status
 
 
-def cmd_hold(spool: Spool, args) -> int:
-    todo, status = _targets(spool, args.ids, ("incoming", "deferred"))
+def _move(spool: Spool, todo, dst: str, done: str, status: int) -> int:
     n = 0
     for q, qid in todo:
         try:
-            spool.move(qid, q, "hold")
+            spool.move(qid, q, dst)
             n += 1
         except FileNotFoundError:
-            pass   # picked up by the queue manager just now
-    print(f"postroom-queue: {n} message{'s' if n != 1 else ''} on hold", file=sys.stderr)
+            pass   # taken by the queue manager just now
+    print(f"postroom-queue: {n} message{'s' if n != 1 else ''} {done}", file=sys.stderr)
     return status
+
+
+def cmd_hold(spool: Spool, args) -> int:
+    todo, status = _targets(spool, args.ids, ("incoming", "deferred"))
+    return _move(spool, todo, "hold", "on hold", status)
 
 
 def cmd_release(spool: Spool, args) -> int:
+    # To incoming/: the queue manager takes it at once; delivery state is in the file.
     todo, status = _targets(spool, args.ids, ("hold",))
-    n = 0
-    for q, qid in todo:
-        try:
-            # incoming/: the queue manager takes it at once; delivery state is in the file.
-            spool.move(qid, q, "incoming")
-            n += 1
-        except FileNotFoundError:
-            pass
-    print(f"postroom-queue: {n} message{'s' if n != 1 else ''} released", file=sys.stderr)
-    return status
+    return _move(spool, todo, "incoming", "released", status)
 
 
 def request_flush(spool: Spool) -> None:
