@@ -53,7 +53,7 @@ class LineClient:
     def __init__(self, port: int, implicit_tls: bool = False, timeout: float = 10.0):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         if implicit_tls:
-            self.sock = _client_context().wrap_socket(self.sock)
+            self.sock = tls_context().wrap_socket(self.sock)
         self.buf = b""
         self.greeting = self.line()
 
@@ -82,7 +82,7 @@ class LineClient:
     def starttls(self) -> None:
         assert self.cmd("STLS").startswith(b"+OK")
         assert self.buf == b""
-        self.sock = _client_context().wrap_socket(self.sock)
+        self.sock = tls_context().wrap_socket(self.sock)
 
     def closed_by_server(self) -> bool:
         try:
@@ -94,7 +94,8 @@ class LineClient:
         self.sock.close()
 
 
-def _client_context() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
+    """A client context that accepts the test's self-signed certificate."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE

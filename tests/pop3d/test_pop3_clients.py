@@ -18,10 +18,10 @@ import pytest
 from common.config.core import SandboxContext
 from common.config.pop3d import sandbox_yaml
 from common.storage import INBOX
-from tests.support import Daemon, free_port, require_tool
+from tests.support import Daemon, require_tool
 from tests.support.config import base_config
 
-from .pop3_fixtures import PASSWORD, USERS, LineClient, pop3d_config, start, store_for
+from .pop3_fixtures import PASSWORD, LineClient, pop3d_config, start, store_for, tls_context
 
 TWISTED_CLIENT = textwrap.dedent("""
     import json, sys
@@ -157,12 +157,12 @@ def test_plaintext_refused_without_tls_when_loopback_is_not_trusted(tmp_path):
         with pytest.raises(poplib.error_proto) as exc:
             client.user(user)
         assert exc.value.args[0].startswith(b"-ERR [AUTH] Plaintext authentication disallowed")
-        client.stls(_ctx())
+        client.stls(tls_context())
         client.user(user)
         assert client.pass_(PASSWORD).startswith(b"+OK")
         client.quit()
         # LOGIN-DELAY: a second login within 3 s is refused with the code.
-        again = poplib.POP3_SSL("127.0.0.1", pop3s, context=_ctx(), timeout=10)
+        again = poplib.POP3_SSL("127.0.0.1", pop3s, context=tls_context(), timeout=10)
         again.user(user)
         with pytest.raises(poplib.error_proto) as exc:
             again.pass_(PASSWORD)
@@ -193,11 +193,3 @@ def test_uidl_format_is_configurable(tmp_path):
         client.quit()
     finally:
         daemon.stop()
-
-
-def _ctx():
-    import ssl
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import base64
 import poplib
-import ssl
-import time
 
 import pytest
 
 from common.storage import INBOX
 from tests.support import wait_for
 
-from .pop3_fixtures import PASSWORD, LineClient, maildir, pop3d_config, start, store_for
+from .pop3_fixtures import PASSWORD, LineClient, pop3d_config, start, store_for, tls_context
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +24,13 @@ def server(tmp_path_factory):
     assert "Traceback" not in daemon.output(), daemon.output()
 
 
-def _tls_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def login(port: int, user: str, tls: str = "stls") -> poplib.POP3:
     if tls == "implicit":
-        client = poplib.POP3_SSL("127.0.0.1", port, context=_tls_context(), timeout=10)
+        client = poplib.POP3_SSL("127.0.0.1", port, context=tls_context(), timeout=10)
     else:
         client = poplib.POP3("127.0.0.1", port, timeout=10)
         if tls == "stls":
-            client.stls(_tls_context())
+            client.stls(tls_context())
     client.user(user)
     client.pass_(PASSWORD)
     return client
@@ -57,7 +48,7 @@ def test_full_session_over_stls(server):
     assert {"TOP", "UIDL", "USER", "SASL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "STLS",
             "IMPLEMENTATION"} <= set(capa)
     assert capa["SASL"] == ["PLAIN", "LOGIN"]
-    client.stls(_tls_context())
+    client.stls(tls_context())
     assert "STLS" not in client.capa()
     client.user(user)
     assert client.pass_(PASSWORD).startswith(b"+OK")
@@ -125,7 +116,7 @@ def test_second_session_in_use_while_imap_works(server):
     store = store_for(tmp, user)
     store.deliver(b"Subject: a\n\nx\n")
     first = login(pop3, user)
-    client = poplib.POP3_SSL("127.0.0.1", pop3s, context=_tls_context(), timeout=10)
+    client = poplib.POP3_SSL("127.0.0.1", pop3s, context=tls_context(), timeout=10)
     client.user(user)
     with pytest.raises(poplib.error_proto) as exc:
         client.pass_(PASSWORD)
@@ -192,7 +183,7 @@ def test_stls_injection_is_discarded(server):
     client.send(b"STLS\r\nUSER frank@example.test\r\n")
     assert client.line().startswith(b"+OK Begin TLS")
     assert client.buf == b""
-    client.sock = _tls_context().wrap_socket(client.sock)
+    client.sock = tls_context().wrap_socket(client.sock)
     assert client.cmd(f"PASS {PASSWORD}").startswith(b"-ERR No user name given")
     assert client.cmd("USER frank@example.test").startswith(b"+OK")
     assert client.cmd(f"PASS {PASSWORD}").startswith(b"+OK Logged in")
