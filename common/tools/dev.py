@@ -160,28 +160,36 @@ def create(directory: Path, password: str, load_users: int, port_offset: int) ->
 
 def how_to_connect(ctx: SandboxContext, etc: Path, running: list[str], users: list[str], password: str) -> str:
     p = ctx.port
-    lines = [f"postroom-dev: configuration in {etc}", ""]
+    rows: list[tuple[str, str, str]] = []
     if "mta" in running:
-        lines += [
-            f"  SMTP (MX)          127.0.0.1:{p('smtp')}        swaks --server 127.0.0.1:{p('smtp')} --to demo@{DOMAIN}",
-            f"  submission         127.0.0.1:{p('submission')}   swaks --server 127.0.0.1:{p('submission')} -tls "
-            f"--auth-user demo@{DOMAIN} --auth-password {password} --to alice@{DOMAIN}",
-            f"  submissions (TLS)  127.0.0.1:{p('submissions')}   openssl s_client -quiet -connect 127.0.0.1:{p('submissions')}",
+        rows += [
+            ("SMTP (MX)", f"127.0.0.1:{p('smtp')}", f"swaks --server 127.0.0.1:{p('smtp')} --to demo@{DOMAIN}"),
+            ("submission", f"127.0.0.1:{p('submission')}",
+             f"swaks --server 127.0.0.1:{p('submission')} -tls --auth-user demo@{DOMAIN} "
+             f"--auth-password {password} --to alice@{DOMAIN}"),
+            ("submissions", f"127.0.0.1:{p('submissions')}",
+             f"openssl s_client -quiet -connect 127.0.0.1:{p('submissions')}"),
         ]
     if "mda" in running:
-        lines.append(f"  LMTP               {ctx.lmtp_socket}")
+        rows.append(("LMTP", str(ctx.lmtp_socket), ""))
     if "imapd" in running:
-        lines += [
-            f"  IMAP               127.0.0.1:{p('imap')}   python3 -c \"import imaplib; m=imaplib.IMAP4('127.0.0.1',"
-            f"{p('imap')}); m.starttls(); m.login('demo@{DOMAIN}','{password}'); print(m.select())\"",
-            f"  IMAPS              127.0.0.1:{p('imaps')}   openssl s_client -quiet -connect 127.0.0.1:{p('imaps')}",
+        rows += [
+            ("IMAP", f"127.0.0.1:{p('imap')}",
+             f"python3 -c \"import imaplib, ssl; m=imaplib.IMAP4('127.0.0.1',{p('imap')}); "
+             f"m.starttls(ssl._create_unverified_context()); "
+             f"m.login('demo@{DOMAIN}','{password}'); print(m.select())\""),
+            ("IMAPS", f"127.0.0.1:{p('imaps')}", f"openssl s_client -quiet -connect 127.0.0.1:{p('imaps')}"),
         ]
     if "pop3d" in running:
-        lines += [
-            f"  POP3               127.0.0.1:{p('pop3')}   openssl s_client -quiet -starttls pop3 -connect 127.0.0.1:{p('pop3')}",
-            f"  POP3S              127.0.0.1:{p('pop3s')}   openssl s_client -quiet -connect 127.0.0.1:{p('pop3s')}",
+        rows += [
+            ("POP3", f"127.0.0.1:{p('pop3')}",
+             f"openssl s_client -quiet -starttls pop3 -connect 127.0.0.1:{p('pop3')}"),
+            ("POP3S", f"127.0.0.1:{p('pop3s')}", f"openssl s_client -quiet -connect 127.0.0.1:{p('pop3s')}"),
         ]
-    if not running:
+    lines = [f"postroom-dev: configuration in {etc}", ""]
+    width = max((len(addr) for _, addr, _ in rows), default=0)
+    lines += [f"  {label:<12} {addr:<{width}}  {example}".rstrip() for label, addr, example in rows]
+    if not rows:
         lines.append("  (no daemon exists yet to start)")
     shown = users[:3] + ([f"... user{len(users) - 3}@{DOMAIN}"] if len(users) > 3 else [])
     lines += ["", f"  users: {', '.join(shown)}   password: {password}",
