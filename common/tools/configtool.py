@@ -90,7 +90,7 @@ def _check_core(core: PostroomConfig, core_file: Path, daemons: dict[str, Any]) 
                 problems.append(str(e))
 
     users_file = core.auth.users_file
-    if users_file.exists() or any(n in daemons for n in ("imapd", "pop3d")):
+    if users_file.exists() or daemons:  # every daemon looks users up (logins, delivery)
         try:
             from common.users import UserDB
 
