@@ -315,3 +315,27 @@ def test_systemd_socket_activation_endpoint(tmp_path):
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+def test_daemon_logs_to_syslog_when_configured(tmp_path):
+    path = tmp_path / "log.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.settimeout(10)
+    port = free_port()
+    etc = fixture_config(tmp_path, plain_listener(port),
+                         core_extra=f"log:\n  target: syslog\n  syslog_facility: local3\n  syslog_socket: {path}\n")
+    daemon = start(etc, port)
+    try:
+        messages = []
+        deadline = time.monotonic() + 10
+        while not any("postroom-fixture started" in m for m in messages) and time.monotonic() < deadline:
+            messages.append(server.recv(9000).decode())
+        started = next(m for m in messages if "postroom-fixture started" in m)
+        # local3 (19) * 8 + info (6) = 158
+        assert started.startswith("<158>") and f"postroom-fixture[{daemon.proc.pid}]: " in started
+        assert daemon.stop() == 0
+        assert "postroom-fixture started" not in daemon.output()  # not on stderr as well
+    finally:
+        daemon.kill()
+        server.close()
