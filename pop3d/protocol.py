@@ -126,8 +126,10 @@ _UIDL_VAR = re.compile(r"%(%|(0?\d{0,2})([Xx]?)([uvf]))")
 
 
 def format_uidl(fmt: str, uid: int, uidvalidity: int, basename: str) -> str:
-    """Dovecot's pop3_uidl_format variables: %u UID, %v UIDVALIDITY, %f base name;
-    "%08Xu" is UID as 8 upper-case hex digits."""
+    """Dovecot's pop3_uidl_format variables: %u UID, %v UIDVALIDITY, %f base name.
+
+    "%08Xu" is the UID as 8 hex digits, in lower case: Dovecot's X modifier prints
+    with "%llx", and equal UIDLs are the point of the default format."""
     def one(m: re.Match) -> str:
         if m.group(1) == "%":
             return "%"
@@ -135,7 +137,7 @@ def format_uidl(fmt: str, uid: int, uidvalidity: int, basename: str) -> str:
         if var == "f":
             return basename
         value = uid if var == "u" else uidvalidity
-        spec = (width or "") + ("X" if radix == "X" else "x" if radix == "x" else "d")
+        spec = (width or "") + ("x" if radix else "d")
         return format(value, spec)
     return _UIDL_VAR.sub(one, fmt)
 

@@ -22,7 +22,7 @@ class Pop3dConfig:
     listeners: Mapping[str, Listener] = doc("named listening endpoints", default_factory=dict)
     uidl_format: str = doc(
         "how UIDL values are built: %u IMAP UID, %v UIDVALIDITY, %f maildir base name, with an optional "
-        "width and X (hex), as Dovecot's pop3_uidl_format; the default is Dovecot's default, so users "
+        "width and X (hex, lower case as Dovecot prints it), as Dovecot's pop3_uidl_format; the default is Dovecot's default, so users "
         "moving from Dovecot are not served every message again", default="%08Xu%08Xv")
     mark_seen: bool = doc("give retrieved messages (RETR) the \\Seen flag, so IMAP clients show them as read",
                           default=True)

@@ -80,7 +80,7 @@ def test_twisted_pop3_client(tmp_path):
     assert result["sizes"] == [len(b"Subject: first\r\n\r\n.dotted\r\nbody\r\n"),
                                len(b"Subject: second\r\nX: y\r\n\r\nline 1\r\nline 2\r\n")]
     box = store.open_mailbox(INBOX)
-    assert result["uids"] == [f"{uid:08X}{box.uidvalidity:08X}" for uid in (1, 2)]
+    assert result["uids"] == [f"{uid:08x}{box.uidvalidity:08x}" for uid in (1, 2)]
     assert result["first"] == ["Subject: first", "", ".dotted", "body"]
     assert result["top"] == ["Subject: second", "X: y", "", "line 1"]
     assert result["stat"] == [1, result["sizes"][0]]

@@ -205,7 +205,7 @@ def test_format_message(stored, top, wire):
 
 
 def test_uidl_formats():
-    assert format_uidl("%08Xu%08Xv", 5, 1700000000, "b") == "000000056553F100"
+    assert format_uidl("%08Xu%08Xv", 5, 1700000000, "b") == "000000056553f100"
     assert format_uidl("%u.%v", 5, 17, "b") == "5.17"
     assert format_uidl("%f", 5, 17, "1700000000.M1P2.host") == "1700000000.M1P2.host"
     assert format_uidl("%xu%%u", 255, 1, "b") == "ff%u"

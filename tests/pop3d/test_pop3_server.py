@@ -58,7 +58,7 @@ def test_full_session_over_stls(server):
     assert listing == [f"{i} {len(b)}".encode() for i, b in enumerate(crlf, 1)]
     assert client.list(2) == f"+OK 2 {len(crlf[1])}".encode()
     box = store.open_mailbox(INBOX, readonly=True)
-    expected_uidls = [f"{i} {m.uid:08X}{box.uidvalidity:08X}".encode() for i, m in enumerate(box.messages, 1)]
+    expected_uidls = [f"{i} {m.uid:08x}{box.uidvalidity:08x}".encode() for i, m in enumerate(box.messages, 1)]
     assert client.uidl()[1] == expected_uidls
     assert client.uidl(3) == b"+OK " + expected_uidls[2]
     resp, lines, octets = client.retr(2)
