@@ -127,3 +127,30 @@ def test_login_timeout(strict):
     assert 0.5 < time.monotonic() - t0 < 4
     with pytest.raises((EOFError, ConnectionError)):
         c.line()
+
+
+def test_proxy_protocol_address_used(tmp_path):
+    """Behind a proxy the client's address from the PROXY header decides the
+    plaintext rule: 192.0.2.5 is not loopback, so LOGINDISABLED."""
+    etc = base_config(tmp_path)
+    port = free_port()
+    (etc / "imapd.yaml").write_text(f"""\
+listeners:
+  imap:
+    endpoint: tcp:{port}:interface=127.0.0.1
+    tls: starttls
+    proxy_protocol: true
+    proxy_from: [127.0.0.1]
+""")
+    daemon = Daemon("imapd.main", etc).start(wait_ports=(port,))
+    try:
+        c = Raw(port)
+        c.send(b"PROXY TCP4 192.0.2.5 127.0.0.1 40000 143\r\n")
+        greeting = c.line()
+        assert b"LOGINDISABLED" in greeting, greeting
+        direct = Raw(port)
+        direct.send(b"PROXY TCP4 127.0.0.1 127.0.0.1 40001 143\r\n")
+        assert b"AUTH=PLAIN" in direct.line()
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+    assert "192.0.2.5" in daemon.output()
