@@ -25,7 +25,8 @@ def build(cfg, parent, reactor) -> None:
             from common.tls import ServerTLS
             server_tls = ServerTLS(cfg.core.tls, cfg.path("postroom.yaml"))
         for name, listener in cfg.daemon.listeners.items():
-            listen(parent, listener, LmtpFactory(cfg, deliverer, reactor, server_tls), server_tls, reactor, name=name)
+            listen(parent, listener, LmtpFactory(cfg, deliverer, reactor, server_tls, name, listener), server_tls,
+                   reactor, name=name)
 
 
 def main(argv: list[str] | None = None) -> None:

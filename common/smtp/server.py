@@ -861,6 +861,10 @@ class SmtpServerConn:
 
     def _finish_message(self, events: list[Event]) -> None:
         if self._data_error is not None:
+            if self.lmtp:
+                # RFC 2033 4.2: one reply per accepted recipient, a refusal included.
+                for _ in self.recipients[1:]:
+                    self._send(self._data_error)
             self._error(self._data_error, events)
             self._reset_transaction()
             return
