@@ -8,8 +8,10 @@ shortened; nothing in our ID answer reveals a version.
 from __future__ import annotations
 
 from ..parser import ParseError
-from ..protocol import ANY, AUTH, Done, command
+from ..protocol import ANY, Done, State, command
 from ..response import string
+
+AUTHENTICATED = frozenset({State.AUTHENTICATED})  # RFC 5161: not in the selected state
 
 MAX_ID_PAIRS = 30
 
@@ -54,7 +56,7 @@ def id_(conn, tag, r):
 ENABLEABLE: frozenset[str] = frozenset()
 
 
-@command("ENABLE", AUTH)
+@command("ENABLE", AUTHENTICATED)
 def enable(conn, tag, r):
     names = []
     while not r.at_end():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from twisted.internet import defer, endpoints, protocol, reactor, task
+from twisted.internet import defer, endpoints, protocol, task
 from twisted.mail import imap4
 
 MSG = (b"From: Tw <tw@example.test>\r\nTo: a@example.test\r\nSubject: from twisted\r\n"
