@@ -81,7 +81,8 @@ class SelectedMailbox:
 
     def flags_of(self, uid: int) -> list[str]:
         msg = self.known.get(uid)
-        flags = sorted(msg.flags) if msg is not None else []
+        have = msg.flags if msg is not None else frozenset()
+        flags = [f for f in SYSTEM_FLAGS if f in have] + sorted(f for f in have if not f.startswith("\\"))
         if uid in self.recent:
             flags.append("\\Recent")
         return flags

@@ -155,3 +155,58 @@ def test_delivery_by_the_mda_is_seen(imapd):
     typ, data = c.noop()
     assert c.untagged_responses.get("EXISTS")[-1] == b"1"
     c.logout()
+
+
+def test_store_variants_and_keywords(imapd):
+    c = imapd.client()
+    for _ in range(2):
+        c.append("INBOX", r"(\Seen)", None, MSG)
+    c.select("INBOX")
+    typ, data = c.store("1:2", "FLAGS", r"(\Answered NewKeyword)")
+    assert all(b"\\Answered NewKeyword" in d for d in data)
+    assert any(b"NewKeyword" in f for f in c.untagged_responses.get("FLAGS", [])), c.untagged_responses
+    typ, data = c.store("1", "-FLAGS", r"(\Answered)")
+    assert data == [b"1 (FLAGS (NewKeyword))"]
+    typ, data = c.store("2", "+FLAGS.SILENT", r"(\Flagged)")
+    assert typ == "OK" and data == [None]
+    typ, data = c.fetch("2", "(FLAGS)")
+    assert data == [b"2 (FLAGS (\\Answered \\Flagged NewKeyword))"]
+    with pytest.raises(imaplib.IMAP4.error, match="Invalid system flag"):
+        c.store("1", "+FLAGS", r"(\Bogus)")
+    c.logout()
+
+
+def test_move_by_sequence_number_and_expunge_order(imapd):
+    c = imapd.client()
+    for _ in range(5):
+        c.append("INBOX", None, None, MSG)
+    c.select("INBOX")
+    typ, data = c._simple_command("MOVE", "2,4", "Trash")
+    assert typ == "OK"
+    assert sorted(c.untagged_responses.pop("EXPUNGE")) == [b"2", b"4"]
+    typ, data = c.uid("FETCH", "1:*", "(UID)")
+    assert data == [b"1 (UID 1)", b"2 (UID 3)", b"3 (UID 5)"]
+    c.logout()
+
+
+def test_authenticate_plain_with_initial_response_and_literal_plus(imapd):
+    import base64
+    import socket
+    s = socket.create_connection(("127.0.0.1", imapd.port), timeout=5)
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"* OK")
+    blob = base64.b64encode(b"\0" + imapd.user.encode() + b"\0postroom")
+    s.sendall(b"a AUTHENTICATE PLAIN " + blob + b"\r\n")
+    assert f.readline().startswith(b"a OK [CAPABILITY IMAP4rev1")
+    # LITERAL+: no continuation needed, several commands in one write.
+    s.sendall(b"b APPEND INBOX {%d+}\r\n%s\r\nc SELECT INBOX\r\nd LOGOUT\r\n" % (len(MSG), MSG))
+    rest = b""
+    while not rest.endswith(b"d OK Logout completed\r\n"):
+        chunk = s.recv(65536)
+        assert chunk, rest
+        rest += chunk
+    lines = rest.split(b"\r\n")
+    assert lines[0].startswith(b"b OK [APPENDUID")
+    assert b"* 1 EXISTS" in lines and b"* BYE Logging out" in lines
+    assert [x[:1] for x in lines if x[:1] in (b"b", b"c", b"d")] == [b"b", b"c", b"d"]
+    s.close()
