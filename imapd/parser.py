@@ -123,6 +123,10 @@ class CommandFramer:
         self._literals = 0
         self._literal_left = 0
 
+    def append(self, data: bytes) -> None:
+        """Buffer input without framing it yet (`next_events` does that)."""
+        self._buf += data
+
     def feed(self, data: bytes) -> list:
         self._buf += data
         return self.next_events()

@@ -207,7 +207,7 @@ class ImapConnection:
     def receive(self, data: bytes) -> list:
         if self._closed:
             return []
-        self.framer._buf += data
+        self.framer.append(data)
         if self._waiting is not None and self._waiting[0] != "idle" and self._waiting[0] != "sasl":
             if self.framer.pending > self.settings.max_buffered:
                 return self._bye("Too much input while a command is in progress")
@@ -363,6 +363,12 @@ class ImapConnection:
     def wait(self, kind: str, tag: bytes, spec_name: str, extra=None) -> object:
         self._waiting = (kind, tag, COMMANDS.get(spec_name), extra)
         return PENDING
+
+    def stop_waiting(self) -> tuple:
+        """(tag, spec, extra) of the command that was waiting; it waits no more."""
+        _kind, tag, spec, extra = self._waiting
+        self._waiting = None
+        return tag, spec, extra
 
     def resume(self) -> list:
         """Continue with pipelined input after a pending command finished."""

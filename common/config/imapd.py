@@ -50,7 +50,7 @@ class ImapdConfig:
     listeners: Mapping[str, Listener] = doc("named listening endpoints", default_factory=dict)
     limits: ImapLimits = field(default_factory=ImapLimits)
     special_use: Mapping[str, str] = doc(
-        "folders created (and subscribed) at a user's first login, with their RFC 6154 special use "
+        "folders created (and subscribed) at login when missing, with their RFC 6154 special use "
         "(\\Drafts, \\Sent, \\Trash, \\Junk, \\Archive, \\Flagged, \\All, or empty for none)",
         default_factory=_default_special_use)
 

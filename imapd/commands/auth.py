@@ -87,8 +87,7 @@ def _sasl_step(conn, tag, mech, step):
 
 def sasl_input(conn, data: bytes) -> None:
     """A client line during an AUTHENTICATE exchange."""
-    _kind, tag, spec, mech = conn._waiting
-    conn._waiting = None
+    tag, spec, mech = conn.stop_waiting()
     from ..protocol import PENDING, CommandError
     try:
         result = _sasl_step(conn, tag, mech, lambda: mech.receive(data))
@@ -111,7 +110,7 @@ def login_finished(conn, tag, spec, user, temporary: bool = False) -> None:
             conn.send(b"* BYE Too many authentication failures\r\n")
             conn.close_after_reply()
         return
-    username = _waiting_username(conn, user)
+    username = getattr(user, "name", None) or "?"
     try:
         conn.logged_in(user, username)
         defaults = conn.settings.special_use_defaults
@@ -127,6 +126,3 @@ def login_finished(conn, tag, spec, user, temporary: bool = False) -> None:
         return
     conn.finish(tag, spec, Done("Logged in", conn.capability_code()))
 
-
-def _waiting_username(conn, user) -> str:
-    return getattr(user, "name", None) or "?"

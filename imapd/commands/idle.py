@@ -24,8 +24,7 @@ def idle(conn, tag, r):
 
 
 def idle_input(conn, data: bytes) -> None:
-    _kind, tag, spec, _extra = conn._waiting
-    conn._waiting = None
+    tag, spec, _extra = conn.stop_waiting()
     conn.emit(Unwatch())
     if data.strip().upper() == b"DONE":
         conn.finish(tag, spec, Done("Idle completed"))
