@@ -45,6 +45,8 @@ from pathlib import Path
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from common.errors import MailError
 from common.fsutil import fsync_dir, write_file_synced
@@ -61,6 +63,7 @@ from .routing import Credentials, NextHop, Router, resolve_hosts
 log = get_logger("mta.queue")
 
 MAX_RCPTS_PER_TRANSACTION = 100
+IO_THREADS = 8
 FLUSH_FLAG = ".flush"           # in maildrop/, so that any local user can ask (sendmail -q)
 
 
@@ -82,6 +85,9 @@ class ActiveMessage:
     delayed: list[RecipientReport] = field(default_factory=list)
     succeeded: list[RecipientReport] = field(default_factory=list)
     failed_indices: list[tuple[int, dict]] = field(default_factory=list)
+    unsynced: list[bytes] = field(default_factory=list)   # status records not yet written
+    io: int = 0                                 # spool writes in flight for it
+    finishing: bool = False
 
     @property
     def env(self):
@@ -122,6 +128,9 @@ class QueueManager(Service):
         self._last_deferred_scan = 0.0
         self.pickup = None
         self.signer = None
+        # Spool writes that fsync run here, so the reactor never waits for the disk.
+        self._pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name="postroom-queue-io")
+        self._applying: set[str] = set()
 
     # --- service ----------------------------------------------------------
 
@@ -137,6 +146,7 @@ class QueueManager(Service):
 
     def startService(self):
         super().startService()
+        self._pool.start()
         self.spool.create()
         self._maildrop_permissions()
         self.spool.clean_tmp(older_than=0)
@@ -158,6 +168,8 @@ class QueueManager(Service):
     def stopService(self):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._pool.started:
+            self._pool.stop()   # waits for writes in flight
         if self._notifier is not None:
             try:
                 self._notifier.loseConnection()
@@ -321,8 +333,8 @@ class QueueManager(Service):
         for hop, indices in remote.items():
             for o in range(0, len(indices), MAX_RCPTS_PER_TRANSACTION):
                 self._enqueue(Job(msg, hop, indices[o:o + MAX_RCPTS_PER_TRANSACTION]))
-        if msg.outstanding == 0:
-            self._finish(msg)
+        self._flush(msg)
+        self._maybe_finish(msg)
         self._pump()
 
     def _corrupt(self, qid: str, queue: str, why: str) -> None:
@@ -391,7 +403,7 @@ class QueueManager(Service):
             if r.notify and "SUCCESS" in r.notify and msg.env.sender != "":
                 report.action = "relayed" if relayed else "delivered"
                 msg.succeeded.append(report)
-        self.spool.append_status(msg.sf.path, [status_record(i, state, **info)])
+        msg.unsynced.append(status_record(i, state, **info))
         r.state = state
         r.attempts += 1
         r.status, r.reason = status, info["reason"]
@@ -401,56 +413,103 @@ class QueueManager(Service):
 
     # --- finishing a message ------------------------------------------------
 
-    def _finish(self, msg: ActiveMessage) -> None:
-        """Nothing in flight for msg: send its notices, then remove or defer it."""
-        self.active.pop(msg.qid, None)
-        try:
-            self._send_notices(msg)
-            if msg.failed_indices:
-                self.spool.append_status(msg.sf.path, [status_record(i, BOUNCED, **info)
-                                                        for i, info in msg.failed_indices])
-                for (i, info), rep in zip(msg.failed_indices, msg.failed):
-                    msg.env.recipients[i].state = BOUNCED
-                    log.info("to=<{rcpt}> bounced status={status} {reason}", queue_id=msg.qid,
-                             rcpt=rep.recipient.address, status=info["status"], reason=info["reason"][:300])
-            left = [r for r in msg.env.recipients if r.state in (PENDING, DEFERRED)]
-            if not left:
-                self.spool.remove("active", msg.qid, sync=False)
-                log.info("removed: every recipient done", queue_id=msg.qid)
-                return
-            nxt = min((r.next_attempt or time.time()) for r in left)
-            self.spool.move(msg.qid, "active", "deferred", sync=False)
-            os.utime(self.spool.path("deferred", msg.qid), (nxt, nxt))
-        except Exception as e:
-            # The file stays in active/; a restart (or the next load) picks it up again.
-            log.failure("finishing {queue_id} failed: {why}", queue_id=msg.qid, why=str(e))
+    def _thread(self, f, *args):
+        return deferToThreadPool(self.reactor, self._pool, f, *args)
 
-    def _send_notices(self, msg: ActiveMessage) -> None:
+    def _flush(self, msg: ActiveMessage, after=None, on_done=None) -> None:
+        """Append msg's new status records durably, in the I/O pool; then run after()
+        there too (removing an MDA answer only once its results are on disk)."""
+        if not msg.unsynced and after is None:
+            return
+        records, msg.unsynced = msg.unsynced, []
+
+        def write():
+            if records:
+                self.spool.append_status(msg.sf.path, records)
+            if after is not None:
+                after()
+
+        def done(result):
+            msg.io -= 1
+            if on_done is not None:
+                on_done()
+            if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
+                log.error("cannot record delivery results: {why}", queue_id=msg.qid,
+                          why=getattr(result, "getErrorMessage", lambda: str(result))())
+            self._maybe_finish(msg)
+
+        msg.io += 1
+        self._thread(write).addBoth(done)
+
+    def _maybe_finish(self, msg: ActiveMessage) -> None:
+        if msg.outstanding == 0 and msg.io == 0 and not msg.finishing:
+            self._finish(msg)
+
+    def _finish(self, msg: ActiveMessage) -> None:
+        """Nothing in flight for msg: send its notices, then remove or defer it (in
+        the I/O pool; log lines are written back in the reactor)."""
+        msg.finishing = True
+        self.active.pop(msg.qid, None)
+
+        def logged(lines):
+            for level, fmt, kw in lines:
+                getattr(log, level)(fmt, queue_id=msg.qid, **kw)
+            if any(fmt.endswith("notice {dsn_id} to <{to}>") for _, fmt, kw in lines):
+                self.nudge()
+
+        def failed(f):
+            # The file stays in active/; the next start picks it up again.
+            log.error("finishing the message failed: {why}", queue_id=msg.qid, why=f.getErrorMessage())
+
+        self._thread(self._finish_io, msg).addCallbacks(logged, failed)
+
+    def _finish_io(self, msg: ActiveMessage) -> list:
+        lines: list = []
+        self._send_notices(msg, lines)
+        if msg.failed_indices:
+            self.spool.append_status(msg.sf.path, [status_record(i, BOUNCED, **info)
+                                                    for i, info in msg.failed_indices])
+            for (i, info), rep in zip(msg.failed_indices, msg.failed):
+                msg.env.recipients[i].state = BOUNCED
+                lines.append(("info", "to=<{rcpt}> bounced status={status} {reason}",
+                              {"rcpt": rep.recipient.address, "status": info["status"],
+                               "reason": info["reason"][:300]}))
+        left = [r for r in msg.env.recipients if r.state in (PENDING, DEFERRED)]
+        if not left:
+            self.spool.remove("active", msg.qid, sync=False)
+            lines.append(("info", "removed: every recipient done", {}))
+            return lines
+        nxt = min((r.next_attempt or time.time()) for r in left)
+        self.spool.move(msg.qid, "active", "deferred", sync=False)
+        os.utime(self.spool.path("deferred", msg.qid), (nxt, nxt))
+        return lines
+
+    def _send_notices(self, msg: ActiveMessage, lines: list) -> None:
         env = msg.env
         failed = [rep for rep in msg.failed if _wants(rep.recipient, "FAILURE", default=True)]
         if msg.failed and env.sender == "":
             if env.source == "bounce" and not env.extra.get("double_bounce") and self.qcfg.postmaster:
-                self._write_notice(msg, msg.failed, to=self.qcfg.postmaster, double=True)
+                self._write_notice(msg, msg.failed, lines, to=self.qcfg.postmaster, double=True)
             else:
-                log.warn("undeliverable mail with a null sender dropped: {rcpts}",
-                         queue_id=msg.qid, rcpts=", ".join(r.recipient.address for r in msg.failed))
+                lines.append(("warn", "undeliverable mail with a null sender dropped: {rcpts}",
+                              {"rcpts": ", ".join(r.recipient.address for r in msg.failed)}))
             return
         if failed:
-            self._write_notice(msg, failed)
+            self._write_notice(msg, failed, lines)
         if msg.delayed:
-            self._write_notice(msg, msg.delayed)
+            self._write_notice(msg, msg.delayed, lines)
         if msg.succeeded:
-            self._write_notice(msg, msg.succeeded)
+            self._write_notice(msg, msg.succeeded, lines)
 
-    def _write_notice(self, msg: ActiveMessage, reports, to: str | None = None, double: bool = False):
+    def _write_notice(self, msg: ActiveMessage, reports, lines: list, to: str | None = None,
+                      double: bool = False) -> None:
         to = to or msg.env.sender
         dsn_env = dsn_envelope(msg.env, to, double_bounce=double)
         body = build_dsn(msg.env, msg.sf.read_message(), reports, self.core.hostname, to=to)
         dsn_env.size = len(body)
         self.spool.write(dsn_env, [body], "incoming")
-        log.info("{action} notice {dsn_id} to <{to}>", queue_id=msg.qid,
-                 action=reports[0].action, dsn_id=dsn_env.queue_id, to=to)
-        self.nudge()
+        lines.append(("info", "{action} notice {dsn_id} to <{to}>",
+                      {"action": reports[0].action, "dsn_id": dsn_env.queue_id, "to": to}))
 
     # --- remote deliveries ----------------------------------------------------
 
@@ -548,8 +607,8 @@ class QueueManager(Service):
         except Exception as e:
             log.failure("recording results of {queue_id} failed: {why}", queue_id=msg.qid, why=str(e))
         msg.outstanding -= 1
-        if msg.outstanding == 0:
-            self._finish(msg)
+        self._flush(msg)
+        self._maybe_finish(msg)
 
     def _outcome(self, msg, i, rep: Reply, host, smtp: bool = True, relayed: bool = False):
         is_smtp = smtp and rep.stage not in ("connect", "resolve", "internal", "")
@@ -570,15 +629,20 @@ class QueueManager(Service):
 
     def _handoff(self, msg: ActiveMessage, indices: list[int]) -> None:
         hid = f"{msg.qid}.{uuid.uuid4().hex[:8]}"
-        try:
-            write_handoff(self.spool, Handoff(hid, msg.qid, str(msg.sf.path), indices))
-        except OSError as e:
-            for i in indices:
-                self._record(msg, i, DEFERRED, "4.3.0", f"cannot hand off to the MDA: {e}", None)
-            return
         self.handoffs[hid] = msg.qid
         self.in_mda.setdefault(msg.qid, set()).update(indices)
         msg.outstanding += 1
+
+        def failed(f):
+            self.handoffs.pop(hid, None)
+            self.in_mda.get(msg.qid, set()).difference_update(indices)
+            for i in indices:
+                self._record(msg, i, DEFERRED, "4.3.0", f"cannot hand off to the MDA: {f.getErrorMessage()}", None)
+            msg.outstanding -= 1
+            self._flush(msg)
+            self._maybe_finish(msg)
+
+        self._thread(write_handoff, self.spool, Handoff(hid, msg.qid, str(msg.sf.path), indices)).addErrback(failed)
 
     def _recover_handoffs(self) -> None:
         """After a restart: requests still in mda/ are in flight (their recipients are
@@ -599,6 +663,8 @@ class QueueManager(Service):
 
     def _apply_mda_results(self) -> None:
         for hid in self.spool.list("mda-done"):
+            if hid in self._applying:
+                continue    # its results are being written
             path = self.spool.path("mda-done", hid)
             qid = self.handoffs.get(hid) or hid.partition(".")[0]
             msg = self.active.get(qid)
@@ -627,15 +693,19 @@ class QueueManager(Service):
                 code = 250 if res.state == DELIVERED else 451 if res.state == DEFERRED else 550
                 status = res.status or {250: "2.0.0", 451: "4.0.0", 550: "5.0.0"}[code]
                 self._outcome(msg, res.rcpt, Reply(code, status, res.reason or res.state, "mda"), None, smtp=False)
-            path.unlink(missing_ok=True)
-            fsync_dir(path.parent)
             self.handoffs.pop(hid, None)
             if not any(q == qid for q in self.handoffs.values()):
                 self.in_mda.pop(qid, None)
-            msg.outstanding -= 1
-            if msg.outstanding <= 0:
-                msg.outstanding = 0
-                self._finish(msg)
+            msg.outstanding = max(0, msg.outstanding - 1)
+            self._applying.add(hid)
+
+            def remove_answer(path=path):
+                # Only after the results are durable in the spool file.
+                path.unlink(missing_ok=True)
+                fsync_dir(path.parent)
+
+            self._flush(msg, after=remove_answer, on_done=lambda hid=hid: self._applying.discard(hid))
+            self._maybe_finish(msg)
 
 
 def _wants(r, kind: str, default: bool) -> bool:

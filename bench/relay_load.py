@@ -1,0 +1,128 @@
+"""bench/relay_load.py -- how fast the queue manager relays to a local postroom MTA.
+
+    python bench/relay_load.py [--messages 2000] [--size 2048] [--connections 20] [--runs 3] [--tls]
+
+Each run: a receiving postroom-mta (python -m mta.main) on 127.0.0.3 for the local
+domain dest.test; N messages of SIZE bytes written into a fresh spool's incoming/
+(as the SMTP side would); then the queue manager alone (python -m mta.queue),
+limited to CONNECTIONS parallel connections, is started and timed until its spool
+is empty. Prints each run's messages per second and the median. Everything lives
+in a temporary folder that is removed afterwards; nothing listens beyond loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common.spool import Envelope, Recipient, Spool  # noqa: E402
+from tests.support import Daemon, free_port, wait_for, wait_for_port  # noqa: E402
+from tests.support.config import base_config  # noqa: E402
+
+
+def receiver(tmp: Path, port: int) -> Daemon:
+    etc = base_config(tmp, users={"bob@dest.test": "x"}, local_domains=("dest.test",),
+                      core_extra="log:\n  level: warn\n")
+    (etc / "aliases").write_text("")
+    (etc / "mta.yaml").write_text(f"""\
+listeners:
+  mx:
+    endpoint: tcp:{port}:interface=127.0.0.3
+    role: mx
+    tls: starttls
+    checks: false
+receive_processes: 1
+limits:
+  max_connections_per_client: 500
+recipients:
+  aliases_file: aliases
+""")
+    return Daemon("mta.main", etc)
+
+
+def sender(tmp: Path, port: int, connections: int, tls: bool) -> Path:
+    etc = base_config(tmp, core_extra="log:\n  level: warn\n")
+    (etc / "mta.yaml").write_text(f"""\
+queue:
+  transports:
+    dest.test: "smtp:[127.0.0.3]:{port}"
+  tls: {'may' if tls else 'none'}
+  max_connections: {connections}
+  max_per_destination: {connections}
+  bind_address: 127.0.0.2
+""")
+    return etc
+
+
+def fill(spool_root: Path, n: int, size: int) -> None:
+    spool = Spool(spool_root, create=True)
+    for i in range(n):
+        head = (f"From: <alice@example.test>\r\nTo: <bob@dest.test>\r\nSubject: load {i}\r\n"
+                f"Message-ID: <load-{i}-{time.time_ns()}@example.test>\r\n\r\n").encode()
+        body = (b"x" * 76 + b"\r\n") * max(0, (size - len(head)) // 78)
+        message = head + body
+        env = Envelope(sender="alice@example.test", recipients=[Recipient("bob@dest.test")], size=len(message))
+        spool.write(env, [message], "incoming", sync_dir=False)
+    spool.sync("incoming")
+
+
+def one_run(n: int, size: int, connections: int, tls: bool) -> float:
+    tmp = Path(tempfile.mkdtemp(prefix="postroom-bench-"))
+    rx = None
+    q = None
+    try:
+        port = free_port("127.0.0.3")
+        rx = receiver(tmp / "rx", port)
+        rx.start()
+        wait_for_port(port, host="127.0.0.3", proc=rx.proc)
+        etc = sender(tmp / "tx", port, connections, tls)
+        spool = tmp / "tx" / "spool"
+        fill(spool, n, size)
+        q = Daemon("mta.queue", etc)
+        start = time.monotonic()
+        q.start()
+
+        def empty() -> bool:
+            return not any(Spool(spool).list(d) for d in ("incoming", "active", "deferred"))
+
+        wait_for(empty, timeout=max(60.0, n / 20), interval=0.02, what="the queue to drain")
+        elapsed = time.monotonic() - start
+        deferred = Spool(spool).list("deferred")
+        if deferred:
+            print(f"  warning: {len(deferred)} deferred", file=sys.stderr)
+        return n / elapsed
+    finally:
+        if q is not None:
+            q.stop()
+        if rx is not None:
+            rx.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--connections", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tls", action="store_true", help="opportunistic STARTTLS (tls: may) instead of none")
+    args = ap.parse_args()
+    rates = []
+    for i in range(args.runs):
+        rate = one_run(args.messages, args.size, args.connections, args.tls)
+        rates.append(rate)
+        print(f"run {i + 1}: {rate:.0f} messages/s")
+    print(f"median: {statistics.median(rates):.0f} messages/s "
+          f"({args.messages} x {args.size} bytes, {args.connections} connections, tls={'may' if args.tls else 'none'})")
+
+
+if __name__ == "__main__":
+    main()
