@@ -63,7 +63,7 @@ def _decode_body(part: Part) -> str:
     charset = (part.param(b"charset") or b"utf-8").decode("ascii", "replace")
     try:
         return data.decode(charset, "replace")
-    except LookupError:
+    except (LookupError, ValueError):  # unknown charset, or a name Python cannot look up
         return data.decode("utf-8", "replace")
 
 
