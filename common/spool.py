@@ -367,10 +367,13 @@ def write_handoff(spool: Spool, handoff: Handoff) -> Path:
     return write_durably(spool.dir("mda"), handoff.handoff_id, [handoff.to_json()], tmp_dir=spool.dir("tmp"))
 
 
-def write_handoff_results(spool: Spool, handoff_id: str, results: list[HandoffResult]) -> Path:
+def write_handoff_results(spool: Spool, handoff_id: str, results: list[HandoffResult],
+                          sync_dir: bool = True) -> Path:
+    """With sync_dir=False the caller fsyncs mda-done/ and tmp/ before removing the
+    request (group commit of several answers)."""
     from .fsutil import write_durably
     data = json.dumps([dataclasses.asdict(r) for r in results], separators=(",", ":")).encode()
-    return write_durably(spool.dir("mda-done"), handoff_id, [data], tmp_dir=spool.dir("tmp"))
+    return write_durably(spool.dir("mda-done"), handoff_id, [data], tmp_dir=spool.dir("tmp"), sync_dir=sync_dir)
 
 
 def read_handoff_results(path: Path) -> list[HandoffResult]:

@@ -38,6 +38,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from common.errors import MailError
+from common.fsutil import fsync_dir
 from common.log import get_logger
 from common.spool import (BOUNCED, DEFERRED, DELIVERED, CorruptSpoolFile, Handoff, HandoffResult, Spool, parse,
                           write_handoff_results)
@@ -45,6 +46,9 @@ from common.spool import (BOUNCED, DEFERRED, DELIVERED, CorruptSpoolFile, Handof
 from .delivery import Deliverer, DeliveryRequest
 
 log = get_logger("mda.consumer")
+
+#: hand-offs one worker delivers before answering them with one directory fsync
+BATCH = 16
 
 CRASH_POINTS = frozenset(os.environ.get("POSTROOM_TEST_CRASH_AT", "").replace(" ", "").split(",")) - {""}
 
@@ -64,36 +68,55 @@ class HandoffProcessor:
         self.detail_folders = detail_folders
 
     def process(self, handoff_id: str, retry: bool) -> list[HandoffResult] | None:
-        """Deliver, answer, remove. Returns the results (None if there was nothing to do)."""
-        request_path = self.spool.path("mda", handoff_id)
+        """Deliver, answer, remove one hand-off. Returns the results (None if there was
+        nothing to do)."""
+        return self.process_batch([handoff_id], {handoff_id} if retry else set()).get(handoff_id)
+
+    def process_batch(self, handoff_ids: list[str], retry: set[str]) -> dict[str, list[HandoffResult]]:
+        """Deliver several hand-offs, then answer them all with one directory fsync
+        (group commit), then remove them all with one more."""
+        answers: dict[str, list[HandoffResult]] = {}
+        finished: list[str] = []
         crash_point("start")
-        if self.spool.path("mda-done", handoff_id).exists():
-            # Answered before a crash; only the removal was missed.
-            self._remove(handoff_id)
-            return None
+        for hid in handoff_ids:
+            if self.spool.path("mda-done", hid).exists():
+                finished.append(hid)   # answered before a crash; only the removal was missed
+                continue
+            handoff = self._read(hid)
+            if handoff is None:
+                continue
+            answers[hid] = self.deliver_all(handoff, hid in retry)
+        crash_point("before_results")
+        if answers:
+            for hid, results in answers.items():
+                write_handoff_results(self.spool, hid, results, sync_dir=False)
+            fsync_dir(self.spool.dir("mda-done"))
+            fsync_dir(self.spool.dir("tmp"))
+        crash_point("after_results")
+        removed = False
+        for hid in [*answers, *finished]:
+            try:
+                os.unlink(self.spool.path("mda", hid))
+                removed = True
+            except FileNotFoundError:
+                pass
+        if removed:
+            fsync_dir(self.spool.dir("mda"))
+        crash_point("after_remove")
+        return answers
+
+    def _read(self, handoff_id: str) -> Handoff | None:
         try:
-            handoff = Handoff.from_json(request_path.read_bytes())
+            handoff = Handoff.from_json(self.spool.path("mda", handoff_id).read_bytes())
             if handoff.handoff_id != handoff_id or not isinstance(handoff.recipients, list):
                 raise ValueError("hand-off id mismatch")
+            return handoff
         except FileNotFoundError:
             return None
         except (ValueError, TypeError, KeyError) as e:
             log.error("hand-off {hid} does not parse ({error}); moved to corrupt/", hid=handoff_id, error=str(e))
             self.spool.move(handoff_id, "mda", "corrupt")
             return None
-        results = self.deliver_all(handoff, retry)
-        crash_point("before_results")
-        write_handoff_results(self.spool, handoff_id, results)
-        crash_point("after_results")
-        self._remove(handoff_id)
-        crash_point("after_remove")
-        return results
-
-    def _remove(self, handoff_id: str) -> None:
-        try:
-            self.spool.remove("mda", handoff_id)
-        except FileNotFoundError:
-            pass
 
     def deliver_all(self, handoff: Handoff, retry: bool) -> list[HandoffResult]:
         try:
@@ -156,7 +179,7 @@ class SpoolConsumer(Service):
         self.pool.start()
         from common.storage.watch import Watcher
         self.watcher = Watcher([self.spool.dir("mda")], self.scan, self.reactor,
-                               interval=float(self.cfg.consumer.scan_interval), settle=0.0)
+                               interval=float(self.cfg.consumer.scan_interval), settle=0.01)
         self.watcher.start()
         self.reactor.callLater(0, self.scan)
 
@@ -169,24 +192,33 @@ class SpoolConsumer(Service):
     def scan(self) -> None:
         if not self.running:
             return
-        limit = self.workers * 4
+        limit = self.workers * BATCH * 2
+        batch: list[str] = []
         for hid in self.spool.list("mda"):
-            if len(self.in_flight) >= limit:
+            if len(self.in_flight) + len(batch) >= limit:
                 break
             if hid in self.in_flight:
                 continue
-            self.in_flight.add(hid)
-            retry = hid in self.found_at_start
-            d = deferToThreadPool(self.reactor, self.pool, self.processor.process, hid, retry)
-            d.addErrback(self._failed, hid)
-            d.addBoth(self._done, hid)
+            batch.append(hid)
+            if len(batch) >= BATCH:
+                self._submit(batch)
+                batch = []
+        if batch:
+            self._submit(batch)
 
-    def _failed(self, failure, hid: str) -> None:
-        # The request stays in mda/ and is tried again at the next scan.
-        log.failure("hand-off {hid} not finished; will retry", failure, hid=hid)
+    def _submit(self, batch: list[str]) -> None:
+        self.in_flight.update(batch)
+        retry = {h for h in batch if h in self.found_at_start}
+        d = deferToThreadPool(self.reactor, self.pool, self.processor.process_batch, batch, retry)
+        d.addErrback(self._failed, batch)
+        d.addBoth(self._done, batch)
 
-    def _done(self, _result, hid: str) -> None:
-        self.in_flight.discard(hid)
-        self.found_at_start.discard(hid)
-        if self.running and len(self.in_flight) < self.workers:
+    def _failed(self, failure, batch: list[str]) -> None:
+        # The requests stay in mda/ and are tried again at the next scan.
+        log.failure("hand-offs {hids} not finished; will retry", failure, hids=" ".join(batch[:5]))
+
+    def _done(self, _result, batch: list[str]) -> None:
+        self.in_flight.difference_update(batch)
+        self.found_at_start.difference_update(batch)
+        if self.running and len(self.in_flight) < self.workers * BATCH:
             self.scan()

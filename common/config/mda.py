@@ -42,7 +42,7 @@ class SieveConfig:
 class ConsumerConfig:
     enabled: bool = doc("deliver the MTA's hand-offs from the spool's mda/ folder", default=True)
     scan_interval: Duration = doc("how often the folder is scanned besides inotify (the only way on FreeBSD)", default=Duration(5))
-    workers: int = doc("hand-offs delivered in parallel (threads; fsync waits overlap)", default=4)
+    workers: int = doc("threads delivering hand-offs in parallel (their fsync waits overlap)", default=8)
 
     def __post_init__(self):
         if not 1 <= self.workers <= 64:

@@ -1,0 +1,174 @@
+"""bench/mda_load.py -- how fast postroom-mda delivers into maildirs.
+
+    /work/venv/bin/python bench/mda_load.py [--runs 3] [--messages 3000] [--users 20]
+        [--sessions 10] [--only consumer|lmtp]
+
+Starts a real postroom-mda (a throwaway configuration under /tmp, fsync on, as in
+production). Every user has a one-rule Sieve script (fileinto a folder when the
+subject matches, which it does for half of the messages). Messages are 2 KB.
+
+1. spool consumer: --messages spool files and hand-offs (one recipient each, users
+   in turn) are prepared aside, then renamed into mda/ at once; the time runs from
+   the first rename until every answer is in mda-done/ and mda/ is empty.
+   Target: at least 1,500 messages/s.
+2. LMTP: --sessions parallel sessions over the unix socket, each sending its share
+   of --messages messages pipelined (MAIL, RCPT, DATA; one recipient each); the
+   time runs from the first connect to the last reply. Target: at least 1,000/s.
+
+Each scenario runs --runs times; the median is reported. Clients run in this
+process (threads), so the client side costs CPU on the same machine too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common.spool import Envelope, Handoff, Recipient, Spool  # noqa: E402
+from tests.support import Daemon, wait_for  # noqa: E402
+from tests.support.config import base_config  # noqa: E402
+
+SCRIPT = 'require "fileinto";\nif header :contains "subject" "odd" { fileinto "Odd"; }\n'
+
+
+def message(i: int, size: int = 2048) -> bytes:
+    head = (f"From: bench@remote.test\r\nTo: user@example.test\r\nSubject: bench {'odd' if i % 2 else 'even'} {i}\r\n"
+            f"Message-ID: <{i}@bench.remote.test>\r\nDate: Sun, 22 Nov 2026 01:00:00 +0000\r\n\r\n").encode()
+    line = b"x" * 70 + b"\r\n"
+    body = line * ((size - len(head)) // len(line))
+    return head + body + b"y" * (size - len(head) - len(body) - 2) + b"\r\n"
+
+
+def setup(tmp: Path, users: int, mda_yaml: str) -> tuple[Path, list[str]]:
+    names = {f"user{i}@example.test": "postroom" for i in range(users)}
+    etc = base_config(tmp, users=names)
+    (etc / "mda.yaml").write_text(mda_yaml)
+    for name in names:
+        home = tmp / "mail" / "example.test" / name.split("@")[0]
+        home.mkdir(parents=True, exist_ok=True)
+        (home / ".sieve").write_text(SCRIPT)
+    Spool(tmp / "spool", create=True)
+    return etc, list(names)
+
+
+def count_files(tmp: Path) -> int:
+    n = 0
+    for dirpath, _dirs, files in os.walk(tmp / "mail"):
+        if os.path.basename(dirpath) in ("new", "cur"):
+            n += len(files)
+    return n
+
+
+def run_consumer(n: int, users: int) -> float:
+    tmp = Path(tempfile.mkdtemp(prefix="mda-bench-"))
+    try:
+        etc, names = setup(tmp, users, "consumer:\n  enabled: true\n  workers: 8\n")
+        spool = Spool(tmp / "spool")
+        staging = tmp / "spool" / "staging"
+        staging.mkdir()
+        for i in range(n):
+            data = message(i)
+            env = Envelope(sender="bench@remote.test", recipients=[Recipient(names[i % len(names)])])
+            env.size = len(data)
+            path = spool.write(env, [data], queue="active", sync_dir=False)
+            hid = f"{env.queue_id}.b"
+            (staging / hid).write_bytes(Handoff(hid, env.queue_id, str(path), [0]).to_json())
+        os.sync()
+        daemon = Daemon("mda.main", etc).start()
+        try:
+            time.sleep(3)   # let it start (no port to wait for)
+            start = time.perf_counter()
+            for name in os.listdir(staging):
+                os.rename(staging / name, spool.dir("mda") / name)
+            wait_for(lambda: not spool.list("mda") and len(spool.list("mda-done")) == n, timeout=300,
+                     interval=0.01, what="every answer")
+            elapsed = time.perf_counter() - start
+        finally:
+            daemon.stop()
+        assert count_files(tmp) == n, (count_files(tmp), n)
+        return n / elapsed
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def lmtp_client(sock_path: str, msgs: list[tuple[str, bytes]], errors: list) -> None:
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock_path)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"LHLO bench\r\n")
+        while f.readline()[3:4] != b" ":
+            pass
+        for rcpt, data in msgs:
+            s.sendall(b"MAIL FROM:<bench@remote.test>\r\nRCPT TO:<%s>\r\nDATA\r\n" % rcpt.encode() + data + b".\r\n")
+            replies = [f.readline()[:3] for _ in range(4)]
+            if replies != [b"250", b"250", b"354", b"250"]:
+                errors.append(replies)
+        s.sendall(b"QUIT\r\n")
+        f.readline()
+        s.close()
+    except Exception as e:  # noqa: BLE001 - reported by the caller
+        errors.append(repr(e))
+
+
+def run_lmtp(n: int, users: int, sessions: int) -> float:
+    tmp = Path(tempfile.mkdtemp(prefix="mda-bench-"))
+    try:
+        sock = tmp / "run" / "lmtp.sock"
+        etc, names = setup(tmp, users, f"consumer:\n  enabled: false\nlisteners:\n  lmtp:\n"
+                                       f"    endpoint: unix:{sock}:mode=660\n    tls: none\n")
+        daemon = Daemon("mda.main", etc).start()
+        try:
+            wait_for(sock.exists, timeout=20, what="the socket")
+            per = [[] for _ in range(sessions)]
+            for i in range(n):
+                per[i % sessions].append((names[i % len(names)], message(i)))
+            errors: list = []
+            threads = [threading.Thread(target=lmtp_client, args=(str(sock), p, errors)) for p in per]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - start
+        finally:
+            daemon.stop()
+        assert not errors, errors[:3]
+        assert count_files(tmp) == n
+        return n / elapsed
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--messages", type=int, default=3000)
+    ap.add_argument("--users", type=int, default=20)
+    ap.add_argument("--sessions", type=int, default=10)
+    ap.add_argument("--only", choices=("consumer", "lmtp"))
+    args = ap.parse_args()
+    if args.only in (None, "consumer"):
+        rates = [run_consumer(args.messages, args.users) for _ in range(args.runs)]
+        print(f"spool consumer: {args.messages} x 2 KB, {args.users} users with a one-rule script: "
+              f"median {statistics.median(rates):.0f} msg/s (runs: {', '.join(f'{r:.0f}' for r in rates)}; target 1500)")
+    if args.only in (None, "lmtp"):
+        rates = [run_lmtp(args.messages, args.users, args.sessions) for _ in range(args.runs)]
+        print(f"LMTP: {args.sessions} sessions, {args.messages} x 2 KB: "
+              f"median {statistics.median(rates):.0f} msg/s (runs: {', '.join(f'{r:.0f}' for r in rates)}; target 1000)")
+
+
+if __name__ == "__main__":
+    main()
