@@ -3,8 +3,9 @@
 `build()` wires the pieces into the runner's service tree: the spool (leftovers of
 a crash in tmp/ removed at start), the spool writer (group commit), the recipient
 policy, the checks, one listener per entry of mta.yaml's `listeners`, the queue
-manager, and, with `receive_processes` above 1, the extra receiving processes
-that share the listening sockets (mta.workers).
+manager, and, with `receive_processes` above 1, that many receiving processes
+sharing the listening sockets while this one runs only the queue manager
+(mta.workers).
 
 SECURITY: binds while privileged, then the runner drops to the configured user
 before anything is read from the network.
@@ -109,7 +110,7 @@ def build(cfg, parent, reactor) -> None:
                                 name=f"smtp-{name}"))
     if receive_processes(cfg) > 1 and listeners:
         from .workers import WorkerPool
-        WorkerPool(cfg, listeners, receive_processes(cfg) - 1, reactor).setServiceParent(parent)
+        WorkerPool(cfg, listeners, receive_processes(cfg), reactor).setServiceParent(parent)
     queue_service.setServiceParent(parent)
 
 

@@ -168,6 +168,12 @@ class SmtpSession(Protocol):
             t.loseConnection()
             return
         self.admitted = True
+        set_nodelay = getattr(t, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            try:
+                set_nodelay(True)  # replies are small and answer a request: no Nagle delay
+            except Exception:
+                pass
         secure = secure_transport(t)
         settings = self.ctx.settings(self.listener_name, self.listener)
         self.conn = SmtpServerConn(settings, tls=secure, auth_allowed=self._auth_allowed(secure))

@@ -1,11 +1,12 @@
 """mta.workers -- several receiving processes sharing the listening sockets.
 
 With `receive_processes: N` (N > 1) the first process binds every listener as
-usual, then starts N-1 copies of itself, while still privileged, that inherit the
+usual, then starts N copies of itself, while still privileged, that inherit the
 listening sockets (their descriptors named in the environment variable
 mta.main.WORKER_ENV) and adopt them with `reactor.adoptStreamPort`. The kernel
-hands each new connection to whichever process accepts it first, so both cores
-take SMTP sessions. Each worker drops privileges through the same runner, writes
+hands each new connection to whichever process accepts it first, so every core
+takes SMTP sessions. The first process then stops accepting: it runs the queue
+manager, whose synchronous work must not delay anyone's 250. Each worker drops privileges through the same runner, writes
 the spool with its own group commit, and runs no queue manager (the queue
 manager's periodic scan of incoming/ finds what workers spool).
 
@@ -49,6 +50,7 @@ class AdoptedEndpoint:
         def adopt():
             with socket.socket(fileno=os.dup(self.fd)) as probe:
                 family = probe.family
+            os.set_blocking(self.fd, False)  # shared by every process: never block in accept()
             port = self.reactor.adoptStreamPort(self.fd, family, factory)
             os.close(self.fd)  # adoptStreamPort keeps its own duplicate
             return port
@@ -87,6 +89,7 @@ class WorkerPool(Service):
         self.reactor = reactor
         self.procs: list[subprocess.Popen | None] = []
         self.fds: dict[str, int] = {}
+        self.ports: list = []
         self._watch = None
         self._last_spawn = 0.0
 
@@ -98,7 +101,12 @@ class WorkerPool(Service):
             if port is None or not hasattr(port, "fileno"):
                 raise RuntimeError(f"listener {svc.name} is not bound; cannot share it")
             self.fds[svc.name.removeprefix("smtp-")] = port.fileno()
+            self.ports.append(port)
         self.procs = [self._spawn() for _ in range(self.count)]
+        # This process keeps the sockets open (for restarts) but accepts nothing:
+        # its reactor runs the queue manager, whose fsyncs must not stall sessions.
+        for port in self.ports:
+            port.stopReading()
 
     def _spawn(self) -> subprocess.Popen:
         from .main import WORKER_ENV

@@ -110,7 +110,8 @@ class MtaConfig:
     recipients: RecipientPolicy = field(default_factory=RecipientPolicy)
     receive_processes: int = doc(
         "processes accepting SMTP connections on the shared listening sockets; 0 = one per CPU. "
-        "The queue manager always runs once, in the first process", default=0)
+        "With 1 the one process also runs the queue manager; with more, the first process "
+        "runs only the queue manager and starts this many receiving processes", default=0)
     spool_threads: int = doc("threads writing and fsyncing spool files per process (group commit)", default=16)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)

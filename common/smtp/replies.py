@@ -27,7 +27,11 @@ class Reply:
         return self.code < 400
 
     def encode(self) -> bytes:
-        return format_reply(self.code, self.enhanced, self.text)
+        wire = self.__dict__.get("_wire")
+        if wire is None:
+            wire = format_reply(self.code, self.enhanced, self.text)
+            object.__setattr__(self, "_wire", wire)  # replies are constants: format once
+        return wire
 
 
 def format_reply(code: int, enhanced: str, text: str) -> bytes:
@@ -35,6 +39,10 @@ def format_reply(code: int, enhanced: str, text: str) -> bytes:
 
     Control characters in the text are replaced, so that no caller can ever put a
     bare CR or LF (or anything else) on the wire by accident."""
+    if text.isprintable() and text.isascii():  # the common case: one clean line
+        if enhanced:
+            return b"%d %s %s\r\n" % (code, enhanced.encode(), text.encode())
+        return b"%d %s\r\n" % (code, text.encode())
     lines = text.split("\n") or [""]
     out = []
     last = len(lines) - 1

@@ -807,7 +807,7 @@ class SmtpServerConn:
         if body:
             self._data_size += len(body)
             if self._data_size > self.settings.max_message_size:
-                self._data_error = self._data_error or R.TOO_BIG
+                self._data_error = R.TOO_BIG  # the more useful reason of the two
             if self._data_error is None:
                 if b"\n." in probe[:term + 1 if term >= 0 else len(probe)]:
                     body = (b"\n" + body).replace(b"\n.", b"\n")[1:]
