@@ -103,7 +103,12 @@ def format_message(data: bytes, top: int | None = None) -> bytes:
     """A stored message as POP3 sends it: CRLF line endings, lines starting with "."
     doubled, the last line ended, then the ".\\r\\n" terminator. With top, only the
     header, the blank line and the first `top` body lines (RFC 1939 TOP)."""
-    data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    # The checks are ordered by cost: single-byte searches are much faster than
+    # two-byte ones, and most stored mail is all LF or all CRLF.
+    if b"\r" not in data:
+        data = data.replace(b"\n", b"\r\n")
+    elif data.count(b"\n") != data.count(b"\r\n"):  # mixed: make every line end CRLF
+        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if top is not None:
         end = data.find(b"\r\n\r\n")
         if end < 0:
@@ -170,6 +175,7 @@ class Pop3Conn:
         self.retrieved: set[int] = set()
         self._fetching: Listing | None = None
         self._top: int | None = None
+        self._fetching_number = 0
 
     # --- glue-facing ------------------------------------------------------------------
 
@@ -216,7 +222,7 @@ class Pop3Conn:
         assert listing is not None
         self._out.append(Send(f"+OK {listing.size} octets\r\n".encode() + format_message(data, self._top)))
         if self._top is None:
-            self.retrieved.add(self.messages.index(listing) + 1)
+            self.retrieved.add(self._fetching_number)
         return self._run()
 
     def fetch_failed(self, code: str | None = "SYS/TEMP", text: str = "Cannot read the message now.") -> list[Event]:
@@ -512,6 +518,7 @@ class Pop3Conn:
         if n is None:
             return
         self._fetching = self.messages[n - 1]
+        self._fetching_number = n
         self._top = top
         self._waiting = "fetch"
         self._out.append(Fetch(self._fetching.uid, top))

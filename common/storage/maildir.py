@@ -101,19 +101,29 @@ def _new_base(size: int, vsize: int, unique: str | None = None) -> str:
 class Message:
     """One message as of the last sync. Replaced (not changed) when its flags change."""
 
-    __slots__ = ("uid", "filename", "path", "flags", "recent", "_size", "_internaldate", "_vsize", "pop3_uidl")
+    __slots__ = ("uid", "filename", "sub", "_dir", "flags", "recent", "_size", "_internaldate", "_vsize",
+                 "pop3_uidl")
 
-    def __init__(self, uid: int, filename: str, path: Path, flags: frozenset[str], recent: bool = False,
-                 pop3_uidl: str | None = None):
+    def __init__(self, uid: int, filename: str, mailbox_dir: str, sub: str, flags: frozenset[str],
+                 recent: bool = False, pop3_uidl: str | None = None):
         self.uid = uid
         self.filename = filename
-        self.path = path
+        self.sub = sub  # "cur" or "new"
+        self._dir = mailbox_dir
         self.flags = flags
         self.recent = recent
         self.pop3_uidl = pop3_uidl
         self._size: int | None = None
         self._internaldate: float | None = None
         self._vsize: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return Path(self._dir, self.sub, self.filename)
+
+    @property
+    def fspath(self) -> str:
+        return os.path.join(self._dir, self.sub, self.filename)
 
     @property
     def basename(self) -> str:
@@ -123,7 +133,7 @@ class Message:
     def size(self) -> int:
         """Physical size: ",S=" from the name, else from stat."""
         if self._size is None:
-            self._size = message_size(str(self.path.parent), self.filename)
+            self._size = message_size(os.path.join(self._dir, self.sub), self.filename)
         return self._size
 
     @property
@@ -135,7 +145,7 @@ class Message:
                 self._vsize = int(m.group(1))
             else:
                 try:
-                    with _open_nofollow(self.path) as f:
+                    with _open_nofollow(self.fspath) as f:
                         self._vsize = _crlf_size(f.read())
                 except OSError:
                     self._vsize = self.size
@@ -146,7 +156,7 @@ class Message:
         """When the message arrived: the file's mtime, as Dovecot uses it."""
         if self._internaldate is None:
             try:
-                self._internaldate = os.lstat(self.path).st_mtime
+                self._internaldate = os.lstat(self.fspath).st_mtime
             except OSError:
                 self._internaldate = 0.0
         return self._internaldate
@@ -165,7 +175,7 @@ class Changes:
         return bool(self.new or self.expunged or self.flags)
 
 
-def _open_nofollow(path: Path) -> BinaryIO:
+def _open_nofollow(path: Path | str) -> BinaryIO:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     return open(fd, "rb")
 
@@ -572,6 +582,7 @@ class Mailbox:
         self.mailstore = store
         self.name = name
         self.path = path
+        self._dir = str(path)
         self.readonly = readonly
         self.messages: list[Message] = []
         self._by_uid: dict[int, Message] = {}
@@ -766,10 +777,10 @@ class Mailbox:
                 continue
             uid = rec.uid
             old = self._by_uid.get(uid)
-            if old is not None and old.filename == filename and old.path.parent.name == sub:
+            if old is not None and old.filename == filename and old.sub == sub:
                 by_uid[uid] = old
                 continue
-            msg = Message(uid, filename, self.path / sub / filename, self._flags_of(_split_name(filename)[1]),
+            msg = Message(uid, filename, self._dir, sub, self._flags_of(_split_name(filename)[1]),
                           recent=(base in moved) if old is None else old.recent, pop3_uidl=rec.ext("P"))
             if old is None:
                 changes.new.append(msg)
@@ -807,12 +818,12 @@ class Mailbox:
         if msg is None:
             raise MessageExpunged(f"no message with UID {uid}")
         try:
-            return _open_nofollow(msg.path)
+            return _open_nofollow(msg.fspath)
         except FileNotFoundError:
             found = self._find(msg.basename)
             if found is None:
                 raise MessageExpunged(f"UID {uid} was expunged") from None
-            return _open_nofollow(self.path / found[0] / found[1])
+            return _open_nofollow(os.path.join(self._dir, *found))
         except OSError as e:
             raise _wrap_os_error(e, f"reading UID {uid}") from e
 
@@ -834,14 +845,14 @@ class Mailbox:
     def _rename_flags(self, msg: Message, compute) -> Message | None:
         """Rename msg's file to the flags compute(old letters) gives; chase renames by
         others so their changes are kept. None when the message is gone."""
-        sub, filename = msg.path.parent.name, msg.filename
+        sub, filename = msg.sub, msg.filename
         for _ in range(RENAME_RETRIES):
             base, letters = _split_name(filename)
             new_filename = f"{base}:2,{compute(letters)}"
             if new_filename == filename and sub == "cur":
                 break
             try:
-                os.rename(self.path / sub / filename, self.path / "cur" / new_filename)
+                os.rename(os.path.join(self._dir, sub, filename), os.path.join(self._dir, "cur", new_filename))
             except FileNotFoundError:
                 found = self._find(base)
                 if found is None:
@@ -852,9 +863,9 @@ class Mailbox:
             break
         else:
             raise StorageError(f"UID {msg.uid}: flags changed too often by others, try again")
-        if filename == msg.filename and sub == msg.path.parent.name:
+        if filename == msg.filename and sub == msg.sub:
             return msg
-        new = Message(msg.uid, filename, self.path / sub / filename, self._flags_of(_split_name(filename)[1]),
+        new = Message(msg.uid, filename, self._dir, sub, self._flags_of(_split_name(filename)[1]),
                       msg.recent, msg.pop3_uidl)
         self._replace(new)
         return new
@@ -910,10 +921,10 @@ class Mailbox:
         freed = 0
         try:
             for msg in targets:
-                sub, filename = msg.path.parent.name, msg.filename
+                sub, filename = msg.sub, msg.filename
                 for _ in range(RENAME_RETRIES):
                     try:
-                        os.unlink(self.path / sub / filename)
+                        os.unlink(os.path.join(self._dir, sub, filename))
                     except FileNotFoundError:
                         found = self._find(msg.basename)
                         if found is None:
@@ -1015,7 +1026,7 @@ class Mailbox:
     def _link_or_copy(self, msg: Message, tmp: Path) -> bool:
         """Put msg's content at tmp; False when the message is gone."""
         for _ in range(RENAME_RETRIES):
-            found = (msg.path.parent.name, msg.filename)
+            found = (msg.sub, msg.filename)
             try:
                 try:
                     os.link(self.path / found[0] / found[1], tmp, follow_symlinks=False)
