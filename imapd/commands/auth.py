@@ -124,5 +124,6 @@ def login_finished(conn, tag, spec, user, temporary: bool = False) -> None:
         conn.user = None
         conn.finish(tag, spec, No("Mailbox store unavailable, try again later", "UNAVAILABLE"))
         return
+    conn.log.info("logged in {user}", user=username, session=conn.settings.session_id)
     conn.finish(tag, spec, Done("Logged in", conn.capability_code()))
 

@@ -36,6 +36,21 @@ def storable_flags(flags) -> list[str]:
     return out
 
 
+def check_quota(conn, add_bytes: int, add_count: int) -> None:
+    """NO [OVERQUOTA] if adding this much would pass the user's quota rules (the
+    Maildir++ maildirsize the MDA keeps is the usage)."""
+    rules = getattr(conn.user, "quota", None)
+    limits = rules() if callable(rules) else (None, None)
+    max_bytes, max_count = limits
+    if max_bytes is None and max_count is None:
+        return
+    used_bytes, used_count = conn.store.quota.usage(limits)
+    if (max_bytes is not None and used_bytes + add_bytes > max_bytes) or \
+            (max_count is not None and used_count + add_count > max_count):
+        raise No("Quota exceeded", "OVERQUOTA",
+                 detail=f"quota: {used_bytes}+{add_bytes} of {max_bytes} bytes, {used_count}+{add_count} of {max_count}")
+
+
 @command("APPEND", AUTH)
 def append(conn, tag, r):
     r.sp()
@@ -53,6 +68,7 @@ def append(conn, tag, r):
     r.end()
     if not data:
         raise No("Cannot save an empty message", "CANNOT")
+    check_quota(conn, len(data), 1)
     sel = conn.selected
     own = sel is not None and sel.name == name and not sel.readonly
     try:
@@ -122,6 +138,9 @@ def _copy_or_move(conn, tag, r, uid_mode: bool, move: bool):
     if not conn.store.mailbox_exists(dest):
         raise No("Mailbox does not exist", "TRYCREATE")
     uids = [uid for _seq, uid in pairs]
+    if not move:
+        messages = [sel.message(uid) for uid in uids]
+        check_quota(conn, sum(m.size for m in messages if m is not None), len(uids))
     try:
         mapping = (sel.mailbox.move if move else sel.mailbox.copy)(uids, dest) if uids else []
     except MailboxNotFound:

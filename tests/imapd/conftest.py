@@ -17,6 +17,8 @@ from tests.support.config import base_config
 
 USERS = {f"user{i}@example.test": "postroom" for i in range(40)}
 USERS["alice@example.test"] = "postroom"
+USERS["quota@example.test"] = "postroom"
+USER_EXTRA = {"quota@example.test": "userdb_quota_rule=*:storage=2K"}
 
 
 @dataclass
@@ -58,7 +60,7 @@ listeners:
 
 
 def start_imapd(tmp_path: Path, extra: str = "", core_extra: str = "") -> ImapServer:
-    etc = base_config(tmp_path, users=USERS, core_extra=core_extra)
+    etc = base_config(tmp_path, users=USERS, core_extra=core_extra, user_extra=USER_EXTRA)
     port, tls_port = free_port(), free_port()
     write_imapd_yaml(etc, port, tls_port, extra)
     daemon = Daemon("imapd.main", etc).start(wait_ports=(port, tls_port))

@@ -210,3 +210,18 @@ def test_authenticate_plain_with_initial_response_and_literal_plus(imapd):
     assert b"* 1 EXISTS" in lines and b"* BYE Logging out" in lines
     assert [x[:1] for x in lines if x[:1] in (b"b", b"c", b"d")] == [b"b", b"c", b"d"]
     s.close()
+
+
+def test_quota_enforced_on_append_and_copy(imapd_server):
+    c = imapd_server.client("quota@example.test")
+    body = b"Subject: q\r\n\r\n" + b"x" * 700 + b"\r\n"
+    assert c.append("INBOX", None, None, body)[0] == "OK"
+    assert c.append("INBOX", None, None, body)[0] == "OK"
+    typ, data = c.append("INBOX", None, None, body)
+    assert typ == "NO" and data[0].startswith(b"[OVERQUOTA]")
+    c.select("INBOX")
+    typ, data = c.copy("1", "Trash")
+    assert typ == "NO" and data[0].startswith(b"[OVERQUOTA]")
+    # MOVE does not add to the usage.
+    assert c._simple_command("MOVE", "1", "Trash")[0] == "OK"
+    c.logout()
