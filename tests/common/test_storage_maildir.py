@@ -293,3 +293,46 @@ def test_stale_dotlock_is_broken(store):
     os.utime(lock, (old, old))
     assert len(store.open_mailbox(INBOX).messages) == 1
     assert not lock.exists()
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 64 KB tmpfs, so a disk-full error is real (needs root to mount)."""
+    import subprocess
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    ok = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True).returncode == 0
+    from tests.support import require
+    require(ok, "root and tmpfs to make a full filesystem")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_disk_full_is_a_temporary_no_space_and_leaves_nothing(tiny_filesystem):
+    from common.storage import NoSpace
+    store = MailStore(tiny_filesystem / "Maildir")
+    with pytest.raises(NoSpace) as exc:
+        store.deliver(b"x" * 200_000)
+    assert exc.value.temporary
+    assert os.listdir(store.root / "tmp") == [] and os.listdir(store.root / "new") == []
+    store.deliver(b"small\n")  # and the store still works
+    box = store.open_mailbox(INBOX)
+    with pytest.raises(NoSpace):
+        box.append(b"y" * 200_000)
+    assert [m.uid for m in box.sync().new] == [] and len(box.messages) == 1
+
+
+def test_owner_gets_created_files_and_folders(tmp_path):
+    from tests.support import require
+    require(os.geteuid() == 0, "root, to give files to another user")
+    owner = (65534, 65534)
+    store = MailStore(tmp_path / "Maildir", owner=owner)
+    store.create_mailbox("Sub")
+    name = store.deliver(b"x\n", "Sub")
+    store.open_mailbox("Sub").store([1], ["Work"], "add")
+    for path in (store.root, store.root / "cur", store.root / ".Sub", store.root / ".Sub" / "new",
+                 store.root / ".Sub" / "dovecot-uidlist", store.root / ".Sub" / "dovecot-keywords",
+                 store.root / ".Sub" / "cur" / (name + ":2,a")):
+        st = os.lstat(path)
+        assert (st.st_uid, st.st_gid) == owner, path
