@@ -199,3 +199,33 @@ def test_bad_mailbox_names_refused(tmp_path, name):
     out = d.send(b"c CREATE " + name + b"\r\n").removeprefix(b"+ Ready for literal data\r\n")
     assert out.startswith(b"c NO [CANNOT] Invalid mailbox name") or out.startswith(b"c BAD"), out
     assert sorted(p.name for p in d.root.iterdir() if p.name.startswith(".")) == [".Drafts", ".Sent", ".Trash"]
+
+
+def test_recent_new_and_old(tmp_path):
+    d = Driver(tmp_path, secure=True)
+    d.login()
+    d.store.deliver(MESSAGE)
+    d.store.deliver(MESSAGE)
+    out = d.send(b"s SELECT INBOX\r\n")
+    assert b"* 2 RECENT\r\n" in out
+    d.send(b"t STORE 2 +FLAGS.SILENT (\\Seen)\r\n")
+    assert b"* SEARCH 1 2\r\n" in d.send(b"a SEARCH RECENT\r\n")
+    assert b"* SEARCH 1\r\n" in d.send(b"b SEARCH NEW\r\n")
+    assert b"* SEARCH\r\n" in d.send(b"c SEARCH OLD\r\n")
+    assert b"\\Recent" in d.send(b"f FETCH 1 FLAGS\r\n")
+    # A second session does not see them as recent (RFC 3501 2.3.2).
+    other = Driver(tmp_path, secure=True)
+    other.login()
+    assert b"* 0 RECENT\r\n" in other.send(b"s SELECT INBOX\r\n")
+
+
+def test_append_and_copy_to_missing_mailbox_say_trycreate(tmp_path):
+    d = Driver(tmp_path, secure=True)
+    d.login()
+    out = d.send(b"a APPEND Nope {%d+}\r\n%s\r\n" % (len(MESSAGE), MESSAGE))
+    assert out == b"a NO [TRYCREATE] Mailbox does not exist\r\n"
+    d.store.deliver(MESSAGE)
+    d.send(b"s SELECT INBOX\r\n")
+    assert d.send(b"c COPY 1 Nope\r\n") == b"c NO [TRYCREATE] Mailbox does not exist\r\n"
+    assert d.send(b"e EXAMINE Nope\r\n") == b"e NO [NONEXISTENT] Mailbox does not exist\r\n"
+    assert d.conn.state.name == "AUTHENTICATED"
