@@ -28,12 +28,14 @@ WORKER_ENV = "POSTROOM_MTA_WORKER_FDS"
 
 
 class WriterService(Service):
-    """Starts and stops the spool writer's thread pool with the daemon."""
+    """Starts and stops the spool writer's thread pool with the daemon; reloads the
+    recipient tables on SIGHUP."""
 
     name = "spool-writer"
 
-    def __init__(self, writer):
+    def __init__(self, writer, policy=None):
         self.writer = writer
+        self.policy = policy
 
     def startService(self):
         super().startService()
@@ -42,6 +44,13 @@ class WriterService(Service):
     def stopService(self):
         super().stopService()
         self.writer.stop()
+
+    def reload(self):
+        """SIGHUP (the runner calls every service's reload()): aliases and users."""
+        policy = self.policy
+        if policy is not None:
+            policy.aliases.reload()
+            policy.users.reload()
 
 
 def receive_processes(cfg) -> int:
@@ -99,7 +108,7 @@ def build(cfg, parent, reactor) -> None:
             queue_service.nudge()
 
     ctx = build_receiver(cfg, reactor, on_commit=nudge)
-    WriterService(ctx.writer).setServiceParent(parent)
+    WriterService(ctx.writer, ctx.policy).setServiceParent(parent)
     if inherited is not None:
         from .workers import adopt_listeners
         adopt_listeners(parent, cfg, ctx, inherited, reactor)
