@@ -56,6 +56,8 @@ FLAG_LETTERS = {v: k for k, v in SYSTEM_FLAGS.items()}
 _LETTER_BY_LOWER = {v.lower(): k for k, v in SYSTEM_FLAGS.items()}
 #: Largest control file (uidlist, keywords, subscriptions) we read.
 CONTROL_READ_LIMIT = 64 << 20
+#: A directory unchanged for this long is trusted to show any later change in its mtime.
+SETTLE_SECONDS = 2.0
 #: How many times a flag change or expunge chases a file renamed by someone else.
 RENAME_RETRIES = 8
 
@@ -595,6 +597,7 @@ class Mailbox:
         self.uidvalidity = 0
         self.uidnext = 1
         self.closed = False
+        self._settled_stamp: tuple | None = None
 
     # --- control files ----------------------------------------------------------------
 
@@ -723,6 +726,14 @@ class Mailbox:
             raise _wrap_os_error(e, f"scanning {self.name}") from e
         return names, moved
 
+    def _dir_stamp(self) -> tuple | None:
+        try:
+            new, cur = os.stat(os.path.join(self._dir, "new")), os.stat(os.path.join(self._dir, "cur"))
+        except OSError:
+            return None
+        return (new.st_ino, new.st_mtime_ns, cur.st_ino, cur.st_mtime_ns, new.st_nlink, cur.st_nlink,
+                _signature(self.path / UIDLIST))
+
     def _find(self, base: str) -> tuple[str, str] | None:
         """Where the file with this base name is now (after someone renamed it)."""
         for sub in ("cur", "new"):
@@ -739,7 +750,14 @@ class Mailbox:
         vanished ones are reported expunged, renamed ones as flag changes."""
         if self.closed:
             raise StorageError("mailbox is closed", temporary=False)
+        stamp = self._dir_stamp()
+        if stamp is not None and stamp == self._settled_stamp:
+            return Changes()  # nothing in new/, cur/ or the uidlist changed since a settled scan
         names, moved = self._scan(move=not self.readonly)
+        # Directory times have a coarse clock tick: a scan only proves "nothing changed"
+        # for a later sync when the directories were last changed well before it began.
+        settled = stamp is not None and not moved and time.time() - max(stamp[1], stamp[3]) / 1e9 > SETTLE_SECONDS
+        self._settled_stamp = stamp if settled else None
         ul = self._load_uidlist()
         if ul is not None:
             missing = [b for b, r in ul.records.items() if b not in names and r.uid not in self._missing]

@@ -336,3 +336,25 @@ def test_owner_gets_created_files_and_folders(tmp_path):
                  store.root / ".Sub" / "cur" / (name + ":2,a")):
         st = os.lstat(path)
         assert (st.st_uid, st.st_gid) == owner, path
+
+
+def test_sync_skips_settled_directories_yet_sees_every_change(store, monkeypatch):
+    import time
+    store.deliver(MSG)
+    box = store.open_mailbox(INBOX)
+    old = time.time() - 60
+    for sub in ("new", "cur"):
+        os.utime(store.root / sub, (old, old))
+    box.sync()  # a scan of directories unchanged for a minute: later syncs may skip
+    listings = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: (listings.append(p), real_listdir(p))[1])
+    assert not box.sync() and listings == []
+    store.deliver(MSG)
+    assert [m.uid for m in box.sync().new] == [2] and listings
+    other = store.open_mailbox(INBOX)
+    for sub in ("new", "cur"):
+        os.utime(store.root / sub, (old, old))
+    box.sync()
+    other.store([1], ["\\Flagged"], "add")  # a rename in cur/ by another session
+    assert [m.flags for m in box.sync().flags] == [{"\\Flagged"}]
