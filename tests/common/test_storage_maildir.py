@@ -358,3 +358,15 @@ def test_sync_skips_settled_directories_yet_sees_every_change(store, monkeypatch
     box.sync()
     other.store([1], ["\\Flagged"], "add")  # a rename in cur/ by another session
     assert [m.flags for m in box.sync().flags] == [{"\\Flagged"}]
+
+
+def test_quota_over_limit_file_is_rechecked_after_15_minutes(store):
+    import time
+    store.deliver(b"x" * 10)
+    (store.root / "maildirsize").write_text("100S\n500 3\n")
+    assert store.quota_usage() == (500, 3)  # fresh: trusted, even though over quota
+    old = time.time() - 16 * 60
+    os.utime(store.root / "maildirsize", (old, old))
+    assert store.quota_usage() == (10, 1)  # over quota and stale: recalculated
+    store.deliver(b"y" * 50, quota=(100, None))
+    assert store.quota_usage() == (60, 2)
