@@ -343,20 +343,35 @@ class ImapConnection:
     def finish(self, tag: bytes, spec: Spec | None, result) -> None:
         """Send the selected mailbox's pending updates (as the command's flags allow)
         and then the tagged reply."""
+        mailbox_gone = False
         if self.selected is not None and not self._closed:
             allow_expunge = spec is None or not spec.flags.uses_seqs
-            try:
-                self.selected.refresh()
-            except Exception as e:  # noqa: BLE001
-                self.log.warn("mailbox sync failed: {error!r}", error=e, session=self.settings.session_id)
+            mailbox_gone = not self._refresh_selected()
             for line in self.selected.updates(allow_expunge):
                 self.send(line)
-        if isinstance(result, CommandError):
-            status, text, code = result.status, result.text, result.code
-        else:
-            status, text, code = result.status, result.text, result.code
-        code = f"[{code}] " if code else ""
-        self.send(tag + f" {status} {code}{text}\r\n".encode("utf-8", "replace"))
+        code = f"[{result.code}] " if result.code else ""
+        self.send(tag + f" {result.status} {code}{result.text}\r\n".encode("utf-8", "replace"))
+        if mailbox_gone:
+            self._mailbox_gone()
+
+    def _refresh_selected(self) -> bool:
+        """Sync the selected mailbox; False when it no longer exists."""
+        from common.storage import MailboxNotFound
+        try:
+            self.selected.refresh()
+        except MailboxNotFound:
+            return False
+        except Exception as e:  # noqa: BLE001 -- a failed sync is retried at the next command
+            self.log.warn("mailbox sync failed: {error!r}", error=e, session=self.settings.session_id)
+        return True
+
+    def _mailbox_gone(self) -> None:
+        """Someone deleted or renamed the selected mailbox: nothing this session knows of
+        it holds any more (Dovecot disconnects the same way)."""
+        self.log.info("selected mailbox {name} vanished", name=self.selected.name if self.selected else "?",
+                      session=self.settings.session_id)
+        self.send(b"* BYE Selected mailbox was deleted, have to disconnect\r\n")
+        self.close_after_reply()
 
     # ------------------------------------------------------------ async completions
 
@@ -406,11 +421,9 @@ class ImapConnection:
         """The watched mailbox changed (IDLE): send what may be sent."""
         if self.selected is None or not self.idling:
             return []
-        try:
-            self.selected.refresh()
-        except Exception as e:  # noqa: BLE001
-            self.log.warn("mailbox sync failed: {error!r}", error=e, session=self.settings.session_id)
-            return []
+        if not self._refresh_selected():
+            self._mailbox_gone()
+            return self._take()
         for line in self.selected.updates(allow_expunge=True):
             self.send(line)
         return self._take()

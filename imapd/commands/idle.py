@@ -14,7 +14,7 @@ from ..protocol import AUTH, Done, Unwatch, Watch, command
 def idle(conn, tag, r):
     r.end()
     if conn.selected is not None:
-        conn.selected.refresh()
+        conn.selected.refresh()  # a vanished mailbox raises: NO now, BYE at the end
         for line in conn.selected.updates(allow_expunge=True):
             conn.send(line)
     conn.send(b"+ idling\r\n")

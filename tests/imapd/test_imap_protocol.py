@@ -229,3 +229,15 @@ def test_append_and_copy_to_missing_mailbox_say_trycreate(tmp_path):
     assert d.send(b"c COPY 1 Nope\r\n") == b"c NO [TRYCREATE] Mailbox does not exist\r\n"
     assert d.send(b"e EXAMINE Nope\r\n") == b"e NO [NONEXISTENT] Mailbox does not exist\r\n"
     assert d.conn.state.name == "AUTHENTICATED"
+
+
+def test_selected_mailbox_deleted_elsewhere_ends_the_session(tmp_path):
+    d = Driver(tmp_path, secure=True)
+    d.login()
+    d.store.create_mailbox("Box")
+    d.store.deliver(MESSAGE, "Box")
+    d.send(b"s SELECT Box\r\n")
+    d.store.delete_mailbox("Box")
+    out = d.send(b"n NOOP\r\n")
+    assert out.endswith(b"n OK NOOP completed\r\n* BYE Selected mailbox was deleted, have to disconnect\r\n")
+    assert isinstance(d.actions[-1], Close)
