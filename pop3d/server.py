@@ -89,7 +89,19 @@ class Pop3Session(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         if self.conn is not None:
-            self.handle(self.conn.receive(data))
+            self.guarded(lambda: self.handle(self.conn.receive(data)))
+
+    def guarded(self, step) -> None:
+        """Run step; any unexpected error is logged and ends the session with a
+        temporary error (never a traceback to the client, never a deletion)."""
+        try:
+            step()
+        except Exception:
+            self.log.failure("session failed")
+            if not self.lost:
+                self.transport.write(b"-ERR [SYS/TEMP] Internal error, try again later.\r\n")
+                self.pending.clear()
+                self.close()
 
     def timeoutConnection(self) -> None:
         self.log.info("idle timeout")
@@ -134,7 +146,7 @@ class Pop3Session(Protocol, TimeoutMixin):
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self.handle([])
+        self.guarded(lambda: self.handle([]))
 
     def stopProducing(self) -> None:
         self.paused = True
@@ -166,7 +178,8 @@ class Pop3Session(Protocol, TimeoutMixin):
     def authenticate(self, event: Authenticate) -> None:
         d = self.factory.auth.login(event.username, event.password, self.ip, authzid=event.authzid)
         self.login_attempt = d
-        d.addCallbacks(self.logged_in, self.login_failed)
+        d.addCallbacks(lambda record: self.guarded(lambda: self.logged_in(record)),
+                       lambda failure: self.guarded(lambda: self.login_failed(failure)))
         d.addErrback(self.login_broke)
 
     def login_failed(self, failure) -> None:

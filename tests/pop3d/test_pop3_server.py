@@ -254,3 +254,22 @@ def test_long_lines_and_garbage_do_not_break_the_session(server):
     assert client.cmd("BOGUS") == b"-ERR Unknown command."
     assert client.line() == b"-ERR [SYS/PERM] Too many bad commands, closing."
     assert client.closed_by_server()
+
+
+def test_message_expunged_by_imap_during_the_session(server):
+    tmp, pop3, _ = server
+    user = "judy@example.test"
+    store = store_for(tmp, user)
+    store.deliver(b"Subject: a\n\nx\n")
+    store.deliver(b"Subject: b\n\ny\n")
+    client = login(pop3, user)
+    imap_side = store.open_mailbox(INBOX)
+    imap_side.store([1], ["\\Deleted"], "add")
+    assert imap_side.expunge() == [1]
+    with pytest.raises(poplib.error_proto) as exc:
+        client.retr(1)
+    assert exc.value.args[0] == b"-ERR Message was removed by another session."
+    assert client.retr(2)[1][-1] == b"y"
+    client.dele(1)
+    assert client.quit().startswith(b"+OK")
+    assert [m.uid for m in store.open_mailbox(INBOX).messages] == [2]
