@@ -79,9 +79,7 @@ def create(conn, tag, r):
 
 @command("DELETE", AUTH)
 def delete(conn, tag, r):
-    r.sp()
-    name = mailbox_arg(conn, r)
-    r.end()
+    name = _one_name(conn, r)
     if name == INBOX:
         raise No("INBOX cannot be deleted", "CANNOT")
     if conn.selected is not None and conn.selected.name == name:
@@ -117,21 +115,22 @@ def rename(conn, tag, r):
     return Done("Rename completed")
 
 
-@command("SUBSCRIBE", AUTH)
-def subscribe(conn, tag, r):
+def _one_name(conn, r) -> str:
     r.sp()
     name = mailbox_arg(conn, r)
     r.end()
-    conn.store.subscribe(name)
+    return name
+
+
+@command("SUBSCRIBE", AUTH)
+def subscribe(conn, tag, r):
+    conn.store.subscribe(_one_name(conn, r))
     return Done("Subscribe completed")
 
 
 @command("UNSUBSCRIBE", AUTH)
 def unsubscribe(conn, tag, r):
-    r.sp()
-    name = mailbox_arg(conn, r)
-    r.end()
-    conn.store.unsubscribe(name)
+    conn.store.unsubscribe(_one_name(conn, r))
     return Done("Unsubscribe completed")
 
 
