@@ -135,7 +135,7 @@ class HandoffProcessor:
             rcpt = env.recipients[index]
             req = DeliveryRequest(
                 message=message, sender=env.sender, recipient=rcpt.address, user=rcpt.mailbox,
-                detail=rcpt.folder, unique=f"{handoff.handoff_id}.{index}", retry=retry, trace_id=env.trace_id)
+                detail=rcpt.folder, original_recipient=rcpt.original, unique=f"{handoff.handoff_id}.{index}", retry=retry, trace_id=env.trace_id)
             try:
                 report = self.deliverer.deliver(req)
             except MailError as e:

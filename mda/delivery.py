@@ -60,6 +60,7 @@ class DeliveryRequest:
     user: str | None = None             # the user database name, when already known
     folder: str | None = None           # the default folder (postroom-deliver -m)
     detail: str | None = None           # the +detail, when the MTA already split it off
+    original_recipient: str | None = None   # as given in RCPT TO, before aliases (Sieve's envelope "to")
     unique: str | None = None           # exactly-once base name (spool consumer)
     retry: bool = False                 # an earlier attempt may have delivered part of it
     trace_id: str | None = None
@@ -392,7 +393,7 @@ class Deliverer:
             return fallback_result(f"script unreadable: {e.strerror}")
         if not scripts:
             return fallback_result_no_error()
-        envelope = EnvelopeInfo(req.sender, req.recipient, None)
+        envelope = EnvelopeInfo(req.sender, req.original_recipient or req.recipient, req.original_recipient)
         result = run(scripts, message, envelope, _SieveEnvironment(self, store, rec, home), self.limits)
         for error in result.errors:
             log.warn("user {user}: Sieve runtime error, delivering to INBOX: {error}", user=rec.name, error=error)
@@ -428,9 +429,9 @@ class Deliverer:
         vac = result.vacation
         assert vac is not None
         addresses = [req.recipient, rec.name]
-        detail_free = self.resolve_plain(req.recipient)
-        if detail_free:
-            addresses.append(detail_free)
+        for address in (req.recipient, req.original_recipient):
+            if address:
+                addresses += [address, self.resolve_plain(address) or address]
         why_not = vacation.refusal(message, req.sender, addresses, vac)
         if why_not:
             return why_not
