@@ -24,7 +24,7 @@ def strict(tmp_path_factory):
     core = etc / "postroom.yaml"
     core.write_text(core.read_text().replace("auth:\n", "auth:\n  loopback_is_secure: false\n"))
     port, tls_port = free_port(), free_port()
-    write_imapd_yaml(etc, port, tls_port, "limits:\n  max_line: 4K\n  max_message_size: 100K\n  login_timeout: 1s\n")
+    write_imapd_yaml(etc, port, tls_port, "limits:\n  max_line: 4K\n  max_message_size: 100K\n  login_timeout: 1s\n  idle_keepalive: 1s\n")
     daemon = Daemon("imapd.main", etc).start(wait_ports=(port,))
     yield port
     assert daemon.stop() == 0, daemon.output()
@@ -117,6 +117,24 @@ def test_literal_over_limit_refused_before_reading(strict):
     assert c.line().startswith(b"+ ")
     c.send(b"hello\r\n")
     assert c.until(b"g")[-1].startswith(b"g OK [APPENDUID")
+
+
+def test_logged_in_sessions_get_the_autologout_not_the_login_timeout(strict):
+    c = Raw(strict)
+    c.line()
+    c.send(b"a STARTTLS\r\n")
+    c.until(b"a")
+    c.starttls()
+    c.send(b"l LOGIN alice@example.test postroom\r\ns SELECT INBOX\r\n")
+    c.until(b"s")
+    time.sleep(1.5)
+    c.send(b"i IDLE\r\n")
+    assert c.line().startswith(b"+ ")
+    t0 = time.monotonic()
+    assert c.line() == b"* OK Still here"  # the IDLE keepalive
+    assert time.monotonic() - t0 < 3
+    c.send(b"DONE\r\n")
+    assert c.until(b"i")[-1] == b"i OK Idle completed"
 
 
 def test_login_timeout(strict):
