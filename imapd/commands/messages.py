@@ -78,6 +78,8 @@ def append(conn, tag, r):
     try:
         uid = box.append(data, flags, internaldate)
         uidvalidity = box.uidvalidity
+        if own:
+            sel.recent.add(uid)  # this session is the first to see it (RFC 3501 2.3.2)
     except QuotaExceeded:
         raise No("Quota exceeded", "OVERQUOTA") from None
     finally:

@@ -241,3 +241,12 @@ def test_selected_mailbox_deleted_elsewhere_ends_the_session(tmp_path):
     out = d.send(b"n NOOP\r\n")
     assert out.endswith(b"n OK NOOP completed\r\n* BYE Selected mailbox was deleted, have to disconnect\r\n")
     assert isinstance(d.actions[-1], Close)
+
+
+def test_append_to_selected_mailbox_reports_exists_and_recent(tmp_path):
+    d = Driver(tmp_path, secure=True)
+    d.login()
+    d.send(b"s SELECT INBOX\r\n")
+    out = d.send(b"a APPEND INBOX (\\Seen) {%d+}\r\n%s\r\n" % (len(MESSAGE), MESSAGE))
+    assert b"* 1 EXISTS\r\n* 1 RECENT\r\n" in out and out.endswith(b"] Append completed\r\n")
+    assert b"FLAGS (\\Seen \\Recent)" in d.send(b"f FETCH 1 FLAGS\r\n")
