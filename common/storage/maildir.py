@@ -960,10 +960,30 @@ class Mailbox:
         except OSError as e:
             raise _wrap_os_error(e, f"expunging in {self.name}") from e
         finally:
+            gone = {m.basename for m in targets if m.uid in set(removed)}
             self._drop(removed)
             if freed:
                 self.mailstore.quota.add(-freed, -len(removed))
+        self._prune_uidlist(gone)
         return removed
+
+    def _prune_uidlist(self, bases: set[str]) -> None:
+        """Drop expunged messages from dovecot-uidlist, as Dovecot does, so other
+        sessions need not look twice for them. Best effort: if the lock is busy the
+        records stay until the next rewrite, which is harmless."""
+        if not bases:
+            return
+        from .errors import LockTimeout
+        try:
+            with DotLock(self.path / UIDLIST, owner=self.mailstore.owner, timeout=1.0):
+                ul = self._load_uidlist(force=True)
+                if ul is None or not bases & ul.records.keys():
+                    return
+                for base in bases & ul.records.keys():
+                    del ul.records[base]
+                self._write_uidlist(ul)
+        except (LockTimeout, OSError):
+            pass
 
     def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> int:
         """Save a message (IMAP APPEND); returns its UID. Durable when it returns."""

@@ -133,6 +133,9 @@ def test_expunge_only_deleted_and_limited(store):
     assert box.expunge([2]) == [2]
     assert box.expunge() == [1, 3]
     assert box.messages == [] and os.listdir(store.root / "cur") == []
+    # The uidlist forgets them too (as Dovecot's does), keeping the next UID.
+    assert (store.root / "dovecot-uidlist").read_text().splitlines()[1:] == []
+    assert store.open_mailbox(INBOX).uidnext == 4
 
 
 def test_flag_change_races_a_rename_by_another_session(store):
