@@ -168,6 +168,7 @@ class SmtpSession(Protocol):
             t.loseConnection()
             return
         self.admitted = True
+        self.trusted = self.ctx.policy.trusted_client(self.ip)
         set_nodelay = getattr(t, "setTcpNoDelay", None)
         if set_nodelay is not None:
             try:
@@ -342,7 +343,9 @@ class SmtpSession(Protocol):
         return bool(a is not None and self.listener.auth_on and a.plaintext_allowed(secure, self.ip))
 
     def _checks_active(self) -> bool:
-        return (self.ctx.checks is not None and self.listener.checks_on
+        """Checks run on listeners that have them, never for authenticated clients
+        or trusted networks (their mail is ours, not the world's)."""
+        return (self.ctx.checks is not None and self.listener.checks_on and not self.trusted
                 and (self.conn is None or self.conn.auth_user is None))
 
     def _dispatch(self, ev):

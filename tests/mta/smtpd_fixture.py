@@ -43,9 +43,13 @@ class MtaInstance:
 
 
 def start_mta(tmp: Path, extra_yaml: str = "", core_extra: str = "", listeners: str | None = None,
-              aliases: str = ALIASES, wait: bool = True) -> MtaInstance:
+              aliases: str = ALIASES, wait: bool = True, recipients_yaml: str = "") -> MtaInstance:
+    """A postroom-mta process on free loopback ports. listeners replaces the three
+    default listeners (mx, submission, submissions); recipients_yaml is added under
+    `recipients:`; extra_yaml is appended at the top level."""
     etc = base_config(tmp, core_extra=core_extra)
     ports = {"mx": free_port(), "submission": free_port(), "submissions": free_port()}
+    listeners_given = listeners is not None
     if listeners is None:
         listeners = f"""\
   mx:
@@ -66,9 +70,12 @@ def start_mta(tmp: Path, extra_yaml: str = "", core_extra: str = "", listeners: 
         extra_yaml += 'queue:\n  transports:\n    "*": "smtp:[127.0.0.1]:1"\n'
     if "receive_processes" not in extra_yaml:
         extra_yaml += "receive_processes: 1\n"
-    (etc / "mta.yaml").write_text(f"listeners:\n{listeners}recipients:\n  aliases_file: aliases\n{extra_yaml}")
+    (etc / "mta.yaml").write_text(
+        f"listeners:\n{listeners}recipients:\n  aliases_file: aliases\n{recipients_yaml}{extra_yaml}")
     (etc / "aliases").write_text(aliases)
     daemon = Daemon("mta.main", etc)
+    if listeners_given:
+        ports = {name: int(port) for name, port in re.findall(r"^  (\w+):\n    endpoint: tcp:(\d+)", listeners, re.M)}
     daemon.start(wait_ports=tuple(ports.values()) if wait else ())
     return MtaInstance(tmp, daemon, ports)
 
