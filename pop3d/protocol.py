@@ -161,7 +161,8 @@ class Pop3Conn:
         self.limits = limits
         self.implementation = implementation
         self.state = AUTHORIZATION
-        self._buf = b""
+        self._buf = bytearray()
+        self._pos = 0
         self._discarding = False
         self._out: list[Event] = []
         self._waiting: str | None = None  # "login", "fetch", "commit"
@@ -185,8 +186,11 @@ class Pop3Conn:
     def receive(self, data: bytes) -> list[Event]:
         if self.state == CLOSED:
             return []
+        if self._pos > 65536 or self._pos * 2 > len(self._buf):
+            del self._buf[:self._pos]
+            self._pos = 0
         self._buf += data
-        if self._waiting and len(self._buf) > MAX_PENDING_INPUT:
+        if self._waiting and len(self._buf) - self._pos > MAX_PENDING_INPUT:
             self._err("Too much pipelined input", "SYS/PERM")
             self._close()
             return self._flush()
@@ -269,33 +273,41 @@ class Pop3Conn:
 
     def _close(self) -> None:
         self.state = CLOSED
-        self._buf = b""
+        self._clear_input()
         self._out.append(Close())
 
+    def _clear_input(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+
     def _next_line(self) -> bytes | None:
+        """The next complete line without its CRLF (or LF), or None. Reads advance a
+        position instead of re-slicing, so a big pipelined burst costs linear time."""
         while True:
-            nl = self._buf.find(b"\n")
+            nl = self._buf.find(b"\n", self._pos)
             if self._discarding:
                 if nl < 0:
-                    self._buf = b""
+                    self._clear_input()
                     return None
-                self._buf = self._buf[nl + 1:]
+                self._pos = nl + 1
                 self._discarding = False
                 continue
             if nl < 0:
-                if len(self._buf) > self.limits.max_line_length:
-                    self._buf = b""
+                if len(self._buf) - self._pos > self.limits.max_line_length:
+                    self._clear_input()
                     self._discarding = True
                     self._bad("Line too long.")
                 return None
-            if nl + 1 > self.limits.max_line_length + 2:
-                self._buf = self._buf[nl + 1:]
+            if nl + 1 - self._pos > self.limits.max_line_length + 2:
+                self._pos = nl + 1
                 self._bad("Line too long.")
                 if self.state == CLOSED:
                     return None
                 continue
-            line, self._buf = self._buf[:nl], self._buf[nl + 1:]
-            return line[:-1] if line.endswith(b"\r") else line
+            end = nl - 1 if nl > self._pos and self._buf[nl - 1] == 0x0D else nl
+            line = bytes(self._buf[self._pos:end])
+            self._pos = nl + 1
+            return line
 
     def _bad(self, text: str) -> None:
         self.bad_commands += 1
@@ -434,7 +446,7 @@ class Pop3Conn:
             return
         self._ok("Begin TLS negotiation now.")
         # RFC 2595 / RFC 3207's lesson: nothing the client sent before the handshake counts.
-        self._buf = b""
+        self._clear_input()
         self.stls_available = False
         self.secure = True
         self._user = None

@@ -209,3 +209,13 @@ def test_uidl_formats():
     assert format_uidl("%u.%v", 5, 17, "b") == "5.17"
     assert format_uidl("%f", 5, 17, "1700000000.M1P2.host") == "1700000000.M1P2.host"
     assert format_uidl("%xu%%u", 255, 1, "b") == "ff%u"
+
+
+def test_a_megabyte_of_pipelined_commands_takes_linear_time():
+    import time
+    conn = logged_in(limits=Limits(max_commands=10**6, max_bad_commands=10**6))
+    burst = b"NOOP\r\n" * 150000  # 900 KB in one read
+    started = time.perf_counter()
+    out = sent(conn.receive(burst))
+    assert out == b"+OK\r\n" * 150000
+    assert time.perf_counter() - started < 5
