@@ -7,16 +7,25 @@ timer the core names after every exchange, and start TLS when the core asks. A
 connection failure or a session that failed before any recipient was answered
 (4xx greeting, TLS not offered where required...) moves on to the next host.
 
+With a `ConnectionCache`, a session whose transaction ended normally is kept open
+for `IDLE_SECONDS` and used for the next transaction to the same destination with
+the same TLS level and credentials (as Postfix's connection cache does): no new
+connection, greeting, TLS handshake or EHLO. At most `MAX_REUSE` transactions go
+over one connection.
+
 The result is a `Delivery`: the core's `Finished` and the host that answered, or a
 temporary failure for every recipient when no host could be used.
 
 SECURITY: the peer is untrusted; the core bounds what it reads. TLS certificates
 are checked only at the `verify` level (service-identity via common.tls), as in
-Postfix; `may` encrypts without checking because the alternative is plain text.
+Postfix; `may` encrypts without checking because the alternative is plain text. A
+cached session is only reused under the same TLS level and credentials it was
+opened with.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, replace
 
 from twisted.internet import defer, error
@@ -29,6 +38,9 @@ from common.smtp.client import (ClientOptions, Finished, Reply, SmtpClientConn, 
 
 log = get_logger("mta.outbound")
 
+IDLE_SECONDS = 2.0
+MAX_REUSE = 100
+
 
 @dataclass
 class Delivery:
@@ -39,20 +51,27 @@ class Delivery:
 
 
 class _ClientProtocol(Protocol):
-    def __init__(self, conn: SmtpClientConn, timeouts, reactor, tls_creator):
+    def __init__(self, conn: SmtpClientConn, timeouts, reactor, tls_creator, host):
         self.conn = conn
         self.timeouts = timeouts
         self.reactor = reactor
         self.tls_creator = tls_creator
+        self.host = host
         self.done: defer.Deferred = defer.Deferred()
         self.timer = None
+        self.on_idle = None          # the cache's hook, called when a transaction ended
+        self.on_lost = None
 
     def connectionMade(self):
         self._arm()
 
-    def _arm(self):
+    def _cancel_timer(self):
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
+        self.timer = None
+
+    def _arm(self):
+        self._cancel_timer()
         if self.conn.finished is None:
             self.timer = self.reactor.callLater(self.conn.timeout(self.timeouts), self._timeout)
 
@@ -65,6 +84,25 @@ class _ClientProtocol(Protocol):
     def dataReceived(self, data: bytes):
         self._handle(self.conn.receive(data))
 
+    def run(self, transaction: Transaction) -> defer.Deferred:
+        """Another transaction on this idle session."""
+        self._cancel_timer()
+        self.done = defer.Deferred()
+        self._handle(self.conn.new_transaction(transaction))
+        return self.done
+
+    def close(self):
+        self._cancel_timer()
+        self.conn.quit()
+        self._write_output()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _write_output(self):
+        out = self.conn.take_output()
+        if out and self.transport is not None:
+            self.transport.write(out)
+
     def _handle(self, events):
         for ev in events:
             if isinstance(ev, StartTls):
@@ -75,21 +113,23 @@ class _ClientProtocol(Protocol):
                     self.transport.abortConnection()
                     return
                 self.conn.start_tls_done()
-        out = self.conn.take_output()
-        if out:
-            self.transport.write(out)
+        self._write_output()
         if self.conn.finished is not None:
-            if self.timer is not None and self.timer.active():
-                self.timer.cancel()
-            self.transport.loseConnection()
+            self._cancel_timer()
+            if not (self.conn.idle and self.on_idle is not None and self.on_idle(self)):
+                if self.conn.idle:
+                    self.conn.quit()
+                    self._write_output()
+                self.transport.loseConnection()
             if not self.done.called:
                 self.done.callback(self.conn.finished)
         else:
             self._arm()
 
     def connectionLost(self, reason):
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+        self._cancel_timer()
+        if self.on_lost is not None:
+            self.on_lost(self)
         why = "lost connection"
         if reason.check(error.ConnectionDone, error.ConnectionLost):
             why = "connection closed by the server"
@@ -98,6 +138,55 @@ class _ClientProtocol(Protocol):
         self.conn.connection_lost(why)
         if not self.done.called:
             self.done.callback(self.conn.finished)
+
+
+class ConnectionCache:
+    """Idle sessions by destination key; see the module docstring."""
+
+    def __init__(self, reactor, max_per_key: int = 20):
+        self.reactor = reactor
+        self.max_per_key = max_per_key
+        self.idle: dict[tuple, list[_ClientProtocol]] = defaultdict(list)
+        self.timers: dict[int, object] = {}
+
+    def take(self, key: tuple) -> _ClientProtocol | None:
+        while self.idle.get(key):
+            proto = self.idle[key].pop()
+            timer = self.timers.pop(id(proto), None)
+            if timer is not None and timer.active():
+                timer.cancel()
+            if proto.conn.idle and proto.transport is not None and proto.conn.transactions < MAX_REUSE:
+                return proto
+            proto.close()
+        return None
+
+    def offer(self, key: tuple, proto: _ClientProtocol) -> bool:
+        """Keep proto for reuse; False when it should be closed instead."""
+        if proto.conn.transactions >= MAX_REUSE or len(self.idle[key]) >= self.max_per_key:
+            return False
+        self.idle[key].append(proto)
+        self.timers[id(proto)] = self.reactor.callLater(IDLE_SECONDS, self._expire, key, proto)
+        proto.on_lost = lambda p, key=key: self._forget(key, p)
+        return True
+
+    def _expire(self, key, proto):
+        self.timers.pop(id(proto), None)
+        self._forget(key, proto)
+        proto.close()
+
+    def _forget(self, key, proto):
+        if proto in self.idle.get(key, ()):
+            self.idle[key].remove(proto)
+        timer = self.timers.pop(id(proto), None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def close_all(self):
+        for key in list(self.idle):
+            while self.idle[key]:
+                proto = self.idle[key].pop()
+                self._forget(key, proto)
+                proto.close()
 
 
 class _OneShot(Factory):
@@ -120,15 +209,27 @@ def _endpoint(reactor, address: str, port: int, timeout: float, bind: tuple[str 
 
 @defer.inlineCallbacks
 def deliver(reactor, hosts, options: ClientOptions, transaction: Transaction, timeouts,
-            tls_creator_for=None, bind: tuple[str | None, str | None] = (None, None)):
+            tls_creator_for=None, bind: tuple[str | None, str | None] = (None, None),
+            cache: ConnectionCache | None = None, cache_key: tuple | None = None):
     """Try each host in turn; Deferred[Delivery]. Never errbacks: any failure becomes a
     temporary reply for the recipients."""
+    if cache is not None and cache_key is not None:
+        key = (*cache_key, options.tls, options.username)
+        proto = cache.take(key)
+        if proto is not None:
+            finished = yield proto.run(transaction)
+            if not finished.try_next_host:
+                return Delivery(finished, proto.host.name, proto.host.address)
+            # The cached session had gone stale: fall through to a fresh connection.
+        options = replace(options, reuse=True)
     last: Reply | None = None
     last_host = None
     for host in hosts:
         conn = SmtpClientConn(replace(options), transaction)
         proto = _ClientProtocol(conn, timeouts, reactor,
-                                lambda h=host: tls_creator_for(h.name) if tls_creator_for else None)
+                                lambda h=host: tls_creator_for(h.name) if tls_creator_for else None, host)
+        if cache is not None and cache_key is not None:
+            proto.on_idle = lambda p, key=key: cache.offer(key, p)
         try:
             yield _endpoint(reactor, host.address, host.port, timeouts.connect, bind).connect(_OneShot(proto))
         except Exception as e:
@@ -140,7 +241,7 @@ def deliver(reactor, hosts, options: ClientOptions, transaction: Transaction, ti
         try:
             finished = yield proto.done
         except Exception as e:  # a bug in glue or core: never lose the recipients
-            finished = conn.connection_lost(f"internal error: {e}")[0] if not conn.finished else conn.finished
+            finished = conn.finished or conn.connection_lost(f"internal error: {e}")[0]
         if finished.try_next_host:
             last = finished.session_reply
             last_host = host

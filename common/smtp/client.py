@@ -18,6 +18,10 @@ The message is sent with every line that starts with a dot stuffed, bare LF and 
 turned into CRLF, and every line longer than 998 octets broken by CRLF SP (as
 Postfix's smtp_line_length_limit), so no line on the wire is ever longer.
 
+With `reuse`, a transaction that ended normally leaves the session `idle` instead
+of sending QUIT; the glue then calls `new_transaction()` for the next message to
+the same host (no new connection, greeting or EHLO) or `quit()`.
+
 The result is a `Finished` event: one `Reply` per recipient (2xx delivered, 4xx
 deferred, 5xx bounced), and `try_next_host` when the failure happened before any
 recipient got an answer from this host (greeting 4xx/5xx, TLS missing, lost
@@ -95,6 +99,7 @@ class ClientOptions:
     username: str | None = None
     password: str | None = None
     tls_active: bool = False            # implicit TLS already (submissions port)
+    reuse: bool = False                 # keep the session open after the transaction (see idle)
 
 
 # Events
@@ -211,8 +216,10 @@ class SmtpClientConn:
         self._finished: Finished | None = None
         self._auth_step = 0
         self._data_sent = False
-        self._bdat_chunks = 0
         self._any_rcpt_answer = False
+        self._mail_failed: Reply | None = None
+        self._bdat_failed: Reply | None = None
+        self.transactions = 1
 
     # --- glue interface -------------------------------------------------
 
@@ -236,6 +243,9 @@ class SmtpClientConn:
         return t.command
 
     def receive(self, data: bytes) -> list:
+        if self.state == "idle":
+            self.state = "closed"   # the server spoke unasked (421 on idle): not reusable
+            return []
         if self._finished:
             return []
         self._in += data
@@ -260,6 +270,31 @@ class SmtpClientConn:
         if self._finished and not any(isinstance(e, Finished) for e in events):
             events.append(self._finished)
         return events
+
+    @property
+    def idle(self) -> bool:
+        """A transaction ended normally and the session waits for the next one."""
+        return self.state == "idle"
+
+    def new_transaction(self, transaction: Transaction) -> list:
+        """Start another transaction on an idle session (MAIL FROM at once)."""
+        assert self.state == "idle", self.state
+        self.tx = transaction
+        self.replies = [None] * len(transaction.recipients)
+        self.accepted = []
+        self._mail_failed = None
+        self._bdat_failed = None
+        self._finished = None
+        self._data_sent = False
+        self._any_rcpt_answer = False
+        self.transactions += 1
+        return self._start_mail() or []
+
+    def quit(self) -> None:
+        """End an idle session politely."""
+        if self.state == "idle":
+            self._send("QUIT", "QUIT")
+            self.state = "quit"
 
     def start_tls_done(self) -> list:
         """The TLS handshake completed: greet again, as RFC 3207 demands."""
@@ -475,7 +510,7 @@ class SmtpClientConn:
 
     def _on_rcpt(self, reply: Reply, i: int):
         self._any_rcpt_answer = True
-        failed_mail = getattr(self, "_mail_failed", None)
+        failed_mail = self._mail_failed
         if failed_mail is not None:
             self.replies[i] = failed_mail
         elif reply.code in (250, 251):
@@ -504,7 +539,7 @@ class SmtpClientConn:
 
     def _on_data(self, reply: Reply, _):
         if reply.code == 354:
-            if not self.accepted or getattr(self, "_mail_failed", None):
+            if not self.accepted or self._mail_failed:
                 # RFC 2920 3.1: no valid recipient, yet the server wants data: end it empty.
                 self._out += b".\r\n"
                 self._expect.append(("DATA_END_EMPTY", None))
@@ -538,7 +573,7 @@ class SmtpClientConn:
             last = n == len(chunks) - 1
             self._out += f"BDAT {len(chunk)}{' LAST' if last else ''}\r\n".encode() + chunk
             self._expect.append(("BDAT", 1 if last else 0))
-        self._bdat_failed: Reply | None = None
+        self._bdat_failed = None
         self.state = "bdat"
         self._data_sent = True
         return []
@@ -556,9 +591,15 @@ class SmtpClientConn:
     def _on_quit(self, reply: Reply, _):
         return []
 
+    def _on_idle(self, reply: Reply, _):
+        return []
+
     # --- ending -------------------------------------------------------------
 
     def _quit(self):
+        if self.opt.reuse:
+            self.state = "idle"
+            return self._finish()
         self._send("QUIT", "QUIT")
         self.state = "quit"
         return self._finish()

@@ -57,7 +57,7 @@ from common.spool import (BOUNCED, DEFERRED, DELIVERED, PENDING, CorruptSpoolFil
                           status_record, write_handoff)
 
 from ..bounce import RecipientReport, build_dsn, dsn_envelope
-from ..outbound import deliver
+from ..outbound import ConnectionCache, deliver
 from .routing import Credentials, NextHop, Router, resolve_hosts
 
 log = get_logger("mta.queue")
@@ -118,6 +118,7 @@ class QueueManager(Service):
         self.helo = self.qcfg.helo_name or cfg.core.hostname
         self.active: dict[str, ActiveMessage] = {}
         self.handoffs: dict[str, str] = {}          # handoff_id -> queue id
+        self.handoffs_of: dict[str, set[str]] = {}  # queue id -> its handoff ids
         self.in_mda: dict[str, set[int]] = {}       # queue id -> recipients at the MDA
         self.dests: dict[str, Destination] = {}
         self.connections = 0
@@ -131,6 +132,7 @@ class QueueManager(Service):
         # Spool writes that fsync run here, so the reactor never waits for the disk.
         self._pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name="postroom-queue-io")
         self._applying: set[str] = set()
+        self.cache = ConnectionCache(reactor, self.qcfg.max_per_destination)
 
     # --- service ----------------------------------------------------------
 
@@ -168,6 +170,7 @@ class QueueManager(Service):
     def stopService(self):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        self.cache.close_all()
         if self._pool.started:
             self._pool.stop()   # waits for writes in flight
         if self._notifier is not None:
@@ -307,7 +310,7 @@ class QueueManager(Service):
         now = time.time()
         lifetime = self.qcfg.bounce_lifetime if env.sender == "" else self.qcfg.max_lifetime
         at_mda = self.in_mda.get(qid, set())
-        msg.outstanding += len({h for h, q in self.handoffs.items() if q == qid})
+        msg.outstanding += len(self.handoffs_of.get(qid, ()))
         pending = [(i, r) for i, r in sf.pending() if i not in at_mda]
         if pending and now - env.arrival >= lifetime:
             for i, r in pending:
@@ -572,7 +575,8 @@ class QueueManager(Service):
             ca = self.qcfg.tls_ca_file
             delivery = yield deliver(self.reactor, hosts, options, tx, self.qcfg.timeouts,
                                      lambda name: client_creator(name, level == "verify", ca),
-                                     (self.qcfg.bind_address, self.qcfg.bind_address6))
+                                     (self.qcfg.bind_address, self.qcfg.bind_address6),
+                                     cache=self.cache, cache_key=(hop.key,))
             self._job_done(job, delivery, None)
         except Exception as e:
             log.failure("delivery of {queue_id} failed unexpectedly: {why}", queue_id=msg.qid, why=str(e))
@@ -629,12 +633,12 @@ class QueueManager(Service):
 
     def _handoff(self, msg: ActiveMessage, indices: list[int]) -> None:
         hid = f"{msg.qid}.{uuid.uuid4().hex[:8]}"
-        self.handoffs[hid] = msg.qid
+        self._add_handoff(hid, msg.qid)
         self.in_mda.setdefault(msg.qid, set()).update(indices)
         msg.outstanding += 1
 
         def failed(f):
-            self.handoffs.pop(hid, None)
+            self._drop_handoff(hid)
             self.in_mda.get(msg.qid, set()).difference_update(indices)
             for i in indices:
                 self._record(msg, i, DEFERRED, "4.3.0", f"cannot hand off to the MDA: {f.getErrorMessage()}", None)
@@ -643,6 +647,18 @@ class QueueManager(Service):
             self._maybe_finish(msg)
 
         self._thread(write_handoff, self.spool, Handoff(hid, msg.qid, str(msg.sf.path), indices)).addErrback(failed)
+
+    def _add_handoff(self, hid: str, qid: str) -> None:
+        self.handoffs[hid] = qid
+        self.handoffs_of.setdefault(qid, set()).add(hid)
+
+    def _drop_handoff(self, hid: str) -> None:
+        qid = self.handoffs.pop(hid, None)
+        ids = self.handoffs_of.get(qid)
+        if ids is not None:
+            ids.discard(hid)
+            if not ids:
+                del self.handoffs_of[qid]
 
     def _recover_handoffs(self) -> None:
         """After a restart: requests still in mda/ are in flight (their recipients are
@@ -653,12 +669,12 @@ class QueueManager(Service):
             except (OSError, ValueError, TypeError) as e:
                 log.error("unreadable hand-off {hid}: {why}", hid=hid, why=str(e))
                 continue
-            self.handoffs[hid] = h.queue_id
+            self._add_handoff(hid, h.queue_id)
             self.in_mda.setdefault(h.queue_id, set()).update(h.recipients)
         for hid in self.spool.list("mda-done"):
             if hid not in self.handoffs:
                 qid = hid.partition(".")[0]
-                self.handoffs[hid] = qid
+                self._add_handoff(hid, qid)
                 self.in_mda.setdefault(qid, set())
 
     def _apply_mda_results(self) -> None:
@@ -671,13 +687,14 @@ class QueueManager(Service):
             if msg is None:
                 # The message is not loaded (a restart): load it from active/ first.
                 if self.spool.path("active", qid).exists():
-                    self.handoffs.setdefault(hid, qid)
+                    if hid not in self.handoffs:
+                        self._add_handoff(hid, qid)
                     self._load(qid, "active")
                     msg = self.active.get(qid)
                 if msg is None:
                     log.warn("hand-off answer {hid} for a message not in active/; removed", hid=hid)
                     path.unlink(missing_ok=True)
-                    self.handoffs.pop(hid, None)
+                    self._drop_handoff(hid)
                     continue
             try:
                 results = read_handoff_results(path)
@@ -693,8 +710,8 @@ class QueueManager(Service):
                 code = 250 if res.state == DELIVERED else 451 if res.state == DEFERRED else 550
                 status = res.status or {250: "2.0.0", 451: "4.0.0", 550: "5.0.0"}[code]
                 self._outcome(msg, res.rcpt, Reply(code, status, res.reason or res.state, "mda"), None, smtp=False)
-            self.handoffs.pop(hid, None)
-            if not any(q == qid for q in self.handoffs.values()):
+            self._drop_handoff(hid)
+            if qid not in self.handoffs_of:
                 self.in_mda.pop(qid, None)
             msg.outstanding = max(0, msg.outstanding - 1)
             self._applying.add(hid)

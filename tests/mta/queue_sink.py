@@ -63,6 +63,7 @@ class Sink:
 
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
+            request_queue_size = 128
             daemon_threads = True
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 

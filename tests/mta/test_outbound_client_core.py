@@ -214,3 +214,24 @@ def test_no_line_over_998_octets():
     enc = DataEncoder()
     parts = [enc.feed(msg[i:i + 7]) for i in range(0, len(msg), 7)] + [enc.end()]
     assert b"".join(parts) == wire
+
+
+def test_reuse_keeps_the_session_for_the_next_transaction():
+    opts = ClientOptions(helo_name="c.example.test", tls="none", reuse=True)
+    c = SmtpClientConn(opts, Transaction("s@example.test", [Rcpt("a@example.org")], b"one\r\n"))
+    c.receive(b"220 mx\r\n"); c.take_output()
+    c.receive(b"250-mx\r\n250 PIPELINING\r\n"); c.take_output()
+    (fin,) = c.receive(b"250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 first\r\n")
+    assert c.take_output() == b"one\r\n.\r\n" and c.idle and fin.replies[0].text == "first"
+    ev = c.new_transaction(Transaction("t@example.test", [Rcpt("b@example.org")], b"two\r\n"))
+    assert ev == [] and c.take_output() == b"MAIL FROM:<t@example.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+    (fin,) = c.receive(b"250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n")
+    assert fin.replies[0].code == 550 and c.idle and c.transactions == 2
+    c.quit()
+    assert c.take_output() == b"QUIT\r\n"
+    # A server that speaks while the session is idle (421 timeout) ends its reuse.
+    c2 = SmtpClientConn(opts, Transaction("s@example.test", [Rcpt("a@example.org")], b"x\r\n"))
+    c2.receive(b"220 mx\r\n250 mx\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n")
+    assert c2.idle
+    c2.receive(b"421 4.4.2 idle too long\r\n")
+    assert not c2.idle
