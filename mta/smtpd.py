@@ -152,6 +152,8 @@ class SmtpSession(Protocol):
         self.paused = False
         self.closing_when_idle = False
         self.check_info: dict | None = None
+        self.greeted = True          # False while a connect-time check decides the greeting
+        self.early: list[bytes] = []  # what the client sent before it
         self._timer = None
         self._last = 0.0
 
@@ -181,6 +183,7 @@ class SmtpSession(Protocol):
         self._last = self.ctx.reactor.seconds()
         self._schedule(self.ctx.limits.command_timeout)
         if self._checks_active():
+            self.greeted = False
             self._answer(self.ctx.checks.connect(self.ip), self._greet_after_check)
         else:
             self.conn.greet()
@@ -191,7 +194,10 @@ class SmtpSession(Protocol):
         if isinstance(result, BaseException) and error is None:
             error = unexpected(result)
         self.conn.greet(_reply(error) if error is not None else None)
-        return []
+        self.greeted = True
+        early, self.early = self.early, []
+        # A client that talked before the greeting is answered after it, in order.
+        return self.conn.receive(b"".join(early)) if early else []
 
     def connectionLost(self, reason=None):
         if self._timer is not None and self._timer.active():
@@ -237,6 +243,11 @@ class SmtpSession(Protocol):
         if c is None:
             return
         self._last = self.ctx.reactor.seconds()
+        if not self.greeted:
+            self.early.append(data)
+            if sum(map(len, self.early)) > MAX_BACKLOG:
+                self.transport.loseConnection()
+            return
         try:
             events = c.receive(data)
         except Exception:
