@@ -198,7 +198,11 @@ class QueueManager(Service):
             log.warn("cannot set the permissions of maildrop/: {why}", why=str(e))
 
     def reload(self):
+        """SIGHUP: re-read the relay credentials and the DKIM keys."""
+        from ..dkimsign import Signer
+
         self.credentials.load()
+        self.signer = Signer.from_config(self.qcfg, self.core)
 
     def nudge(self) -> None:
         """Look at incoming/ (and maildrop/, mda-done/) now. The receiving side calls
@@ -375,9 +379,11 @@ class QueueManager(Service):
 
     def _record(self, msg: ActiveMessage, i: int, state: str, status: str, reason: str,
                 remote_mta: str | None, smtp_reply: bool = False, expired: bool = False,
-                relayed: bool = False) -> None:
+                relayed: bool | None = False) -> None:
         """A recipient's outcome: delivered and deferred are appended now; bounced is
-        collected and appended after the notice is written (in _finish)."""
+        collected and appended after the notice is written (in _finish). relayed:
+        False for a final delivery, True for a hand-over to a server without DSN,
+        None when the next server took over DSN duties (no success notice here)."""
         r = msg.env.recipients[i]
         now = time.time()
         info: dict = {"status": status, "reason": reason[:1000]}
@@ -403,7 +409,7 @@ class QueueManager(Service):
                 report.retry_until = expiry
                 msg.delayed.append(report)
         elif state == DELIVERED:
-            if r.notify and "SUCCESS" in r.notify and msg.env.sender != "":
+            if r.notify and "SUCCESS" in r.notify and msg.env.sender != "" and relayed is not None:
                 report.action = "relayed" if relayed else "delivered"
                 msg.succeeded.append(report)
         msg.unsynced.append(status_record(i, state, **info))
@@ -591,7 +597,7 @@ class QueueManager(Service):
                 fin = delivery.finished
                 reached = delivery.reached
                 for i, rep in zip(job.indices, fin.replies):
-                    self._outcome(msg, i, rep, delivery.host, relayed=not fin.dsn_offered)
+                    self._outcome(msg, i, rep, delivery.host, relayed=None if fin.dsn_offered else True)
                 if dest is not None:
                     if reached:
                         dest.failures = 0
@@ -614,7 +620,7 @@ class QueueManager(Service):
         self._flush(msg)
         self._maybe_finish(msg)
 
-    def _outcome(self, msg, i, rep: Reply, host, smtp: bool = True, relayed: bool = False):
+    def _outcome(self, msg, i, rep: Reply, host, smtp: bool = True, relayed: bool | None = False):
         is_smtp = smtp and rep.stage not in ("connect", "resolve", "internal", "")
         text = rep.diagnostic() if is_smtp else rep.text
         if host and is_smtp:

@@ -87,3 +87,29 @@ def test_retries_while_down_then_delivers(tmp_path):
             assert len(sink.messages) == 1
     finally:
         q.stop()
+
+
+def test_success_notice_only_when_the_next_server_does_not_take_over_dsn(tmp_path):
+    from .test_queue_lifecycle import _local_dsns, _status_part
+
+    with Sink("127.0.0.3") as with_dsn, Sink("127.0.0.3", extensions=("PIPELINING", "8BITMIME")) as without:
+        etc = mta_config(tmp_path, f"""
+            transports:
+              dsn.test: "smtp:[127.0.0.3]:{with_dsn.port}"
+              nodsn.test: "smtp:[127.0.0.3]:{without.port}"
+            tls: none
+        """)
+        spool = tmp_path / "spool"
+        spool_message(spool, "alice@example.test", [Recipient("a@dsn.test", notify=("SUCCESS",)),
+                                                    Recipient("b@nodsn.test", notify=("SUCCESS", "FAILURE"))])
+        q = start_queue(etc)
+        try:
+            with_dsn.wait_for(1)
+            (got,) = without.wait_for(1)
+            assert "NOTIFY" not in got.rcpt_params[0]          # not offered: not sent
+            (sf, dsn), = wait_for(lambda: _local_dsns(spool), 10, what="the success notice")
+            status = _status_part(dsn)
+            assert "Action: relayed" in status and "b@nodsn.test" in status and "a@dsn.test" not in status
+            assert dsn["Subject"] == "Successful Mail Delivery Report"
+        finally:
+            q.stop()
