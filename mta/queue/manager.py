@@ -156,7 +156,7 @@ class QueueManager(Service):
         from .pickup import Pickup
 
         self.signer = Signer.from_config(self.qcfg, self.core)
-        self.pickup = Pickup(self.spool, self.qcfg, self.core)
+        self.pickup = Pickup(self.spool, self.cfg)
         self._recover_handoffs()
         # Messages left in active/ by a crash are ours again: load them first.
         for qid in self.spool.list("active"):
@@ -203,6 +203,8 @@ class QueueManager(Service):
 
         self.credentials.load()
         self.signer = Signer.from_config(self.qcfg, self.core)
+        if self.pickup is not None:
+            self.pickup.reload()
 
     def nudge(self) -> None:
         """Look at incoming/ (and maildrop/, mda-done/) now. The receiving side calls

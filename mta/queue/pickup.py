@@ -15,7 +15,9 @@ file's owner (its uid, which the user cannot forge) decides who submitted it:
   anyone else only their own address, otherwise it is replaced (and logged);
 - source is `sendmail` and auth_user the user's name (so DKIM signing applies);
 - recipients lose anything but address, NOTIFY and ORCPT; bare names get
-  `@sendmail_domain`;
+  `@sendmail_domain`; local ones are expanded through the aliases and the user
+  database exactly as the receiving side does (mta.policy), so the MDA gets a
+  mailbox and remote alias targets are forwarded;
 - line ends become CRLF; a Received field names the uid; missing From, Date and
   Message-ID are added (as Postfix's cleanup does).
 
@@ -48,12 +50,36 @@ _ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+(@[^\s<>()\[\]\\,;:\"@]+)?")
 
 
 class Pickup:
-    def __init__(self, spool: Spool, queue_cfg, core_cfg):
+    def __init__(self, spool: Spool, cfg):
         self.spool = spool
-        self.cfg = queue_cfg
-        self.core = core_cfg
-        self.domain = queue_cfg.sendmail_domain or core_cfg.hostname
+        self.cfg = cfg.daemon.queue
+        self.core = cfg.core
+        self.domain = self.cfg.sendmail_domain or self.core.hostname
         self.own_uid = os.geteuid()
+        self.policy = None
+        try:
+            from common.users import UserDB
+
+            from ..aliases import Aliases
+            from ..policy import RecipientPolicy
+
+            self.policy = RecipientPolicy(cfg.core, cfg.daemon.recipients, UserDB(cfg.core.auth.users_file),
+                                          Aliases(cfg.daemon.recipients.aliases_file))
+        except Exception as e:   # no users file or aliases: local recipients go to the MDA as they are
+            log.warn("pickup cannot expand local recipients: {why}", why=str(e))
+
+    def reload(self) -> None:
+        if self.policy is not None:
+            self.policy.aliases.reload()
+            self.policy.users.reload()
+
+    def _expand(self, r: Recipient) -> list[Recipient]:
+        targets = self.policy.resolve(r.address) if self.policy is not None else None
+        if not targets:
+            return [r]      # remote, or unknown here: the MDA (or the next hop) decides
+        return [Recipient(t.address, orcpt=r.orcpt, notify=r.notify,
+                          original=r.address if t.address != r.address else None,
+                          mailbox=t.mailbox, folder=t.folder) for t in targets]
 
     def run(self, signer=None, limit: int = 500) -> int:
         """Pick up at most `limit` files; returns how many were queued."""
@@ -121,7 +147,8 @@ class Pickup:
             if "@" not in addr:
                 addr = f"{addr}@{self.domain}"
             notify = tuple(n for n in (r.notify or ()) if n in ("NEVER", "SUCCESS", "FAILURE", "DELAY")) or None
-            rcpts.append(Recipient(addr, orcpt=r.orcpt if isinstance(r.orcpt, str) else None, notify=notify))
+            rcpts += self._expand(Recipient(addr, orcpt=r.orcpt if isinstance(r.orcpt, str) else None,
+                                            notify=notify))
         message = _normalise(sf.read_message())
         message = self._headers(message, user, st.st_uid, sender or own)
         qid = env.queue_id if isinstance(env.queue_id, str) and _QID.fullmatch(env.queue_id) else new_queue_id()

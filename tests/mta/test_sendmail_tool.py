@@ -127,3 +127,32 @@ def test_ordinary_user_without_setuid_cannot_forge_the_sender(tmp_path):
                 q.stop()
     finally:
         subprocess.run(["rm", "-rf", str(base)])
+
+
+def test_local_recipients_expanded_through_aliases(tmp_path):
+    from common.spool import Handoff
+
+    with Sink("127.0.0.3") as sink:
+        etc = mta_config(tmp_path, f"""
+            transports:
+              "*": "smtp:[127.0.0.3]:{sink.port}"
+            tls: none
+            sendmail_domain: example.test
+        """, "recipients:\n  aliases_file: aliases\n")
+        (etc / "aliases").write_text("team: alice, friend@remote.test\n")
+        q = start_queue(etc)
+        try:
+            r = subprocess.run([BIN / "postroom-sendmail", "-C", etc, "team@example.test", "bob+news"],
+                               input=b"Subject: to the team\n\nhi\n", capture_output=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            (got,) = sink.wait_for(1)
+            assert got.recipients == ["friend@remote.test"]          # the remote alias target, forwarded
+            (hid,) = wait_for(lambda: spool_files(tmp_path / "spool", "mda"), 10, what="the hand-off")
+            h = Handoff.from_json((tmp_path / "spool" / "mda" / hid).read_bytes())
+            sf = parse(Path(h.spool_path))
+            local = [sf.envelope.recipients[i] for i in h.recipients]
+            assert sorted((r.mailbox, r.folder) for r in local) == [("alice@example.test", None),
+                                                                    ("bob@example.test", "news")]
+            assert {r.original for r in local} == {"team@example.test", "bob+news@example.test"}
+        finally:
+            q.stop()
