@@ -55,13 +55,13 @@ class Records:
         """Seconds since the record was written, or None if there is none."""
         try:
             return time.time() - os.stat(self._path(key)).st_mtime
-        except FileNotFoundError:
+        except OSError:   # missing, or not readable by a postroom-deliver run as the user
             return None
 
     def expiry(self, key: str) -> float | None:
         try:
             return float(self._path(key).read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
             return None
 
     def put(self, key: str, content: str = "") -> None:
@@ -69,7 +69,11 @@ class Records:
         write_durably(self.directory, _check(key), [content.encode()])
 
     def exists(self, key: str) -> bool:
-        return self._path(key).exists()
+        try:
+            os.stat(self._path(key))
+            return True
+        except OSError:
+            return False
 
     def prune(self, older_than: float, limit: int = 10_000) -> int:
         """Remove records older than older_than seconds; at most limit per call."""

@@ -37,6 +37,7 @@ from .lexer import SieveSyntaxError
 from .parser import Node, Script
 
 MAX_VALUE_LENGTH = 64 * 1024     # header values and body text longer than this are cut for matching
+MAX_REGEX_INPUT = 8 * 1024       # :regex looks at no more than this of each value (backtracking bound)
 
 
 # -- limits and errors --------------------------------------------------------------------
@@ -527,7 +528,7 @@ class Context:
                         return True
                 elif mtype == "regex":
                     try:
-                        m = regex_compile(k, comp.case_insensitive).search(v)
+                        m = regex_compile(k, comp.case_insensitive).search(v[:MAX_REGEX_INPUT])
                     except re.error as e:
                         raise self.fail(f"bad regular expression {k!r}: {e}", node) from None
                     if m:
