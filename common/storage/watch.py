@@ -41,7 +41,7 @@ class Watcher:
         self.interval = interval
         self.settle = settle
         self.use_inotify = use_inotify
-        self._notifier = None
+        self._hub: _InotifyHub | None = None
         self._loop: LoopingCall | None = None
         self._pending = None
         self._stamp: tuple = ()
@@ -60,29 +60,18 @@ class Watcher:
         return self
 
     def _start_inotify(self) -> None:
-        try:
-            from twisted.internet import inotify
-            from twisted.python import filepath
-        except ImportError:
+        hub = _InotifyHub.get(self.reactor)
+        if hub is None:
             return
         try:
-            notifier = inotify.INotify(self.reactor)
-            notifier.startReading()
-            mask = (inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM | inotify.IN_DELETE
-                    | inotify.IN_CLOSE_WRITE | inotify.IN_ATTRIB)
             for p in self.paths:
-                notifier.watch(filepath.FilePath(str(p)), mask=mask, callbacks=[self._event])
-        except Exception as e:  # no inotify here, or out of watches: polling still runs
-            log.info("inotify unavailable ({error}); polling only", error=str(e))
-            try:
-                notifier.loseConnection()
-            except Exception:
-                pass
+                hub.add(p, self)
+        except Exception as e:  # out of watches, or the folder vanished: polling still runs
+            log.info("inotify watch failed ({error}); polling only", error=str(e))
+            for p in self.paths:
+                hub.remove(p, self)
             return
-        self._notifier = notifier
-
-    def _event(self, _watch, _path, _mask) -> None:
-        self._schedule()
+        self._hub = hub
 
     def _poll(self) -> None:
         stamp = _stamp(self.paths)
@@ -110,6 +99,63 @@ class Watcher:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        if self._notifier is not None:
-            self._notifier.loseConnection()
-            self._notifier = None
+        if self._hub is not None:
+            for p in self.paths:
+                self._hub.remove(p, self)
+            self._hub = None
+
+
+class _InotifyHub:
+    """One inotify instance per reactor, shared by every Watcher in the process, with
+    one kernel watch per directory however many sessions watch it (the kernel allows
+    only 128 inotify instances per user by default)."""
+
+    _by_reactor: dict[int, "_InotifyHub | None"] = {}
+
+    @classmethod
+    def get(cls, reactor) -> "_InotifyHub | None":
+        key = id(reactor)
+        if key not in cls._by_reactor:
+            try:
+                cls._by_reactor[key] = cls(reactor)
+            except Exception as e:  # not Linux, or no inotify instance left
+                log.info("inotify unavailable ({error}); polling only", error=str(e))
+                cls._by_reactor[key] = None
+        return cls._by_reactor[key]
+
+    def __init__(self, reactor):
+        from twisted.internet import inotify
+        self.inotify = inotify
+        self.notifier = inotify.INotify(reactor)
+        self.notifier.startReading()
+        self.mask = (inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM | inotify.IN_DELETE
+                     | inotify.IN_CLOSE_WRITE | inotify.IN_ATTRIB)
+        self.subscribers: dict[str, set[Watcher]] = {}
+
+    def add(self, path: Path, watcher: Watcher) -> None:
+        from twisted.python.filepath import FilePath
+        key = str(path)
+        fp = FilePath(key)
+        # The kernel drops a watch when its directory is removed: watch again then.
+        if key not in self.subscribers or self.notifier._isWatched(fp) is None:
+            self.notifier.watch(fp, mask=self.mask, callbacks=[lambda _w, _p, _m, key=key: self._dispatch(key)])
+            self.subscribers.setdefault(key, set())
+        self.subscribers[key].add(watcher)
+
+    def remove(self, path: Path, watcher: Watcher) -> None:
+        from twisted.python.filepath import FilePath
+        key = str(path)
+        watchers = self.subscribers.get(key)
+        if watchers is None:
+            return
+        watchers.discard(watcher)
+        if not watchers:
+            del self.subscribers[key]
+            try:
+                self.notifier.ignore(FilePath(key))
+            except KeyError:
+                pass
+
+    def _dispatch(self, key: str) -> None:
+        for watcher in list(self.subscribers.get(key, ())):
+            watcher._schedule()
