@@ -126,7 +126,6 @@ class _SieveEnvironment(Environment):
         self.vacation_min_days = cfg.vacation_min_days
         self.vacation_max_days = cfg.vacation_max_days
         self.duplicate_default_seconds = int(cfg.duplicate_default_period)
-        self.duplicates = state.DuplicateStore(deliverer.core.paths.state, user.name)
 
     def mailbox_exists(self, name: str) -> bool:
         try:
@@ -144,7 +143,7 @@ class _SieveEnvironment(Environment):
         return self.deliverer.scripts.load(folder / f"{name}.sieve", self.user.uid)
 
     def duplicate_seen(self, key: str) -> bool:
-        return self.duplicates.seen(key)
+        return state.DuplicateStore(self.deliverer.core.paths.state, self.user.name).seen(key)
 
 
 def expand_home(template: str, home: Path) -> Path:
@@ -194,6 +193,7 @@ class Deliverer:
                              max_variable_size=int(s.max_variable_size), max_run_time=float(s.max_run_time))
         self.sent = state.sent_journal(core.paths.state)
         self.run_as_root = os.geteuid() == 0
+        self._stores: dict[tuple, MailStore] = {}
 
     # -- users -------------------------------------------------------------------------
 
@@ -238,11 +238,20 @@ class Deliverer:
     def home_of(self, rec: UserRecord, maildir: Path) -> Path:
         return rec.home if rec.home is not None else maildir.parent
 
-    def store_for(self, rec: UserRecord) -> MailStore:
+    def store_for(self, rec: UserRecord) -> tuple[MailStore, Path]:
+        """The user's MailStore (kept for reuse; it holds no open files) and maildir."""
         owner = None
         if self.run_as_root and rec.uid is not None:
             owner = (rec.uid, rec.gid if rec.gid is not None else rec.uid)
-        return MailStore(rec.maildir(self.core), owner=owner)
+        maildir = rec.maildir(self.core)
+        key = (maildir, owner)
+        store = self._stores.get(key)
+        if store is None or not os.path.isdir(maildir / "cur"):
+            store = MailStore(maildir, owner=owner)
+            if len(self._stores) >= 1000:
+                self._stores.clear()
+            self._stores[key] = store
+        return store, maildir
 
     # -- the delivery ------------------------------------------------------------------
 
@@ -273,8 +282,7 @@ class Deliverer:
 
     def _deliver(self, req: DeliveryRequest, rec: UserRecord, detail: str | None,
                  delivered_to: list[bytes]) -> DeliveryReport:
-        store = self.store_for(rec)
-        maildir = rec.maildir(self.core)
+        store, maildir = self.store_for(rec)
         report = DeliveryReport(user=rec.name)
         detail = req.detail or detail
         nl = req.message.find(b"\n")
