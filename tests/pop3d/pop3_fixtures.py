@@ -50,8 +50,10 @@ def store_for(tmp_path: Path, user: str) -> MailStore:
 class LineClient:
     """A raw POP3 client: send exact bytes, read replies (optionally through STLS)."""
 
-    def __init__(self, port: int, implicit_tls: bool = False, timeout: float = 10.0):
+    def __init__(self, port: int, implicit_tls: bool = False, timeout: float = 10.0, prelude: bytes = b""):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if prelude:  # a PROXY protocol header, say
+            self.sock.sendall(prelude)
         if implicit_tls:
             self.sock = tls_context().wrap_socket(self.sock)
         self.buf = b""

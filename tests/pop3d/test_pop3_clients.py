@@ -193,3 +193,53 @@ def test_uidl_format_is_configurable(tmp_path):
         client.quit()
     finally:
         daemon.stop()
+
+
+def test_proxy_protocol_address_decides_the_plaintext_rule(tmp_path):
+    """Behind a proxy, the client's address from the PROXY header counts: a client on
+    192.0.2.9 is not on loopback, so USER is refused until STLS."""
+    etc, pop3, pop3s = pop3d_config(tmp_path)
+    (etc / "pop3d.yaml").write_text(f"""listeners:
+  pop3:
+    endpoint: tcp:{pop3}:interface=127.0.0.1
+    tls: starttls
+    proxy_protocol: true
+    proxy_from: [127.0.0.1]
+""")
+    daemon = start(etc, pop3)
+    try:
+        client = LineClient(pop3, prelude=b"PROXY TCP4 192.0.2.9 127.0.0.1 40000 110\r\n")
+        assert client.greeting.startswith(b"+OK")
+        assert client.cmd("USER alice@example.test").startswith(b"-ERR [AUTH] Plaintext authentication disallowed")
+        client.starttls()
+        assert client.cmd("USER alice@example.test").startswith(b"+OK")
+        assert client.cmd(f"PASS {PASSWORD}").startswith(b"+OK")
+        client.cmd("QUIT")
+        client.close()
+    finally:
+        daemon.stop()
+    assert "192.0.2.9" in daemon.output()
+
+
+def test_max_messages_limits_the_listing(tmp_path):
+    etc, pop3, pop3s = pop3d_config(tmp_path, extra="max_messages: 2\n")
+    user = "carol@example.test"
+    store = store_for(tmp_path, user)
+    for i in range(3):
+        store.deliver(f"Subject: {i}\n\nx\n".encode())
+    daemon = start(etc, pop3, pop3s)
+    try:
+        client = poplib.POP3("127.0.0.1", pop3, timeout=10)
+        client.user(user)
+        client.pass_(PASSWORD)
+        assert client.stat()[0] == 2
+        client.dele(1)
+        client.dele(2)
+        client.quit()
+        client = poplib.POP3("127.0.0.1", pop3, timeout=10)
+        client.user(user)
+        client.pass_(PASSWORD)
+        assert client.stat()[0] == 1 and client.retr(1)[1][0] == b"Subject: 2"
+        client.quit()
+    finally:
+        daemon.stop()
