@@ -142,6 +142,7 @@ class Settings:
     open_store: Callable = None               # user record -> common.storage.MailStore
     special_use_defaults: dict = field(default_factory=dict)
     max_buffered: int = 1024 * 1024           # input kept while a command waits
+    commands_per_call: int | None = None      # None: answer everything buffered at once
     auth_failures_before_disconnect: int = 3
     log_namespace: str = "imapd"
     session_id: str = "-"
@@ -216,11 +217,18 @@ class ImapConnection:
         return self._take()
 
     def _run(self) -> None:
+        """Answer buffered commands in order: all of them, or `commands_per_call` so
+        the glue can stop between commands while the client is not reading."""
+        budget = self.settings.commands_per_call
         while not self._closed and (self._waiting is None or self._waiting[0] in ("idle", "sasl")):
+            if budget is not None and budget <= 0:
+                break
             events = self.framer.next_events(limit=1)
             if not events:
                 break
             for ev in events:
+                if budget is not None and isinstance(ev, Command):
+                    budget -= 1
                 if isinstance(ev, Continue):
                     self.send(b"+ Ready for literal data\r\n")
                 elif isinstance(ev, Refused):
@@ -249,6 +257,12 @@ class ImapConnection:
         self._closed = True
         self.state = State.LOGOUT
         self._leave_selected()
+
+    def overloaded(self) -> list:
+        """The client sent too much without reading our answers."""
+        if self._closed:
+            return []
+        return self._bye("Too much input while responses are not being read")
 
     def timed_out(self) -> list:
         """The glue's inactivity timer fired."""

@@ -21,7 +21,9 @@ import itertools
 import os
 from collections import defaultdict
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
 
 from common import tls as tlsmod
 from common.auth import LoginFailed
@@ -71,6 +73,7 @@ class ImapContext:
             special_use_defaults=dict(self.imapd.special_use),
             max_buffered=int(self.limits.max_line) * 4 + 64 * 1024,
             auth_failures_before_disconnect=self.limits.auth_failures,
+            commands_per_call=1,  # the session pumps, pausing while the client does not read
             session_id=session_id,
         )
 
@@ -87,8 +90,11 @@ class ImapFactory(Factory):
         return session
 
 
+@implementer(IPushProducer)
 class ImapSession(Protocol):
-    """One IMAP connection."""
+    """One IMAP connection. It is the producer of its own responses: when the client
+    stops reading and the transport's buffer fills, commands are not answered (and
+    input not read) until it drains, so output never piles up without bound."""
 
     def __init__(self, ctx: ImapContext, listener):
         self.ctx = ctx
@@ -102,6 +108,7 @@ class ImapSession(Protocol):
         self._counted = False
         self._closing = False
         self._pending_login = None
+        self._paused = False
 
     # ------------------------------------------------------------ connection
 
@@ -120,6 +127,7 @@ class ImapSession(Protocol):
         secure = self.listener.tls == "implicit" or secure_transport(self.transport)
         self.conn = ImapConnection(ctx.settings(self.listener, self.ip, secure, self.session_id), self.ip)
         log.info("connect from {ip}", ip=self.ip, session=self.session_id)
+        self.transport.registerProducer(self, True)
         self._apply(self.conn.greeting())
         self._arm_timer()
 
@@ -151,12 +159,46 @@ class ImapSession(Protocol):
         if self.conn is None or self._closing:
             return
         self._arm_timer()
+        if self._paused:
+            self.conn.framer.append(data)
+            if self.conn.framer.pending > self.conn.settings.max_buffered:
+                self._apply(self.conn.overloaded())
+            return
+        self._pump(data)
+
+    def _pump(self, data: bytes = b"") -> None:
+        """Answer buffered commands one at a time until none is complete, one waits,
+        or the transport asks us to pause."""
         try:
-            self._apply(self.conn.receive(data))
+            out = self.conn.receive(data)
+            while out and not self._closing:
+                self._apply(out)
+                if self._paused or self._closing:
+                    break
+                out = self.conn.receive(b"")
         except Exception:  # noqa: BLE001 -- a bug closes one connection, never the daemon
             log.failure("session {session} failed", session=self.session_id)
             self.transport.write(b"* BYE Internal error\r\n")
             self._close()
+
+    # ------------------------------------------------------------ IPushProducer
+
+    # Reading goes on while paused (pausing the transport would also stall a TLS
+    # handshake); input is only buffered then, and a client that keeps sending
+    # without reading is cut off at max_buffered.
+
+    def pauseProducing(self):
+        self._paused = True
+
+    def resumeProducing(self):
+        if not self._paused:
+            return
+        self._paused = False
+        if self.conn is not None and not self._closing:
+            self._pump()
+
+    def stopProducing(self):
+        self._paused = True
 
     # ------------------------------------------------------------ actions from the core
 
@@ -201,6 +243,8 @@ class ImapSession(Protocol):
             if not self._closing:
                 self._apply(self.conn.password_checked(user))
                 self._arm_timer()
+                if not self._paused:
+                    self._pump()
 
         def failed(failure):
             self._pending_login = None
@@ -213,6 +257,8 @@ class ImapSession(Protocol):
             if temporary:
                 log.warn("password check broke: {error}", error=str(failure.value), session=self.session_id)
             self._apply(self.conn.password_checked(None, temporary=temporary))
+            if not self._paused and not self._closing:
+                self._pump()
             return None
 
         d.addCallbacks(ok, failed)

@@ -225,3 +225,40 @@ def test_quota_enforced_on_append_and_copy(imapd_server):
     # MOVE does not add to the usage.
     assert c._simple_command("MOVE", "1", "Trash")[0] == "OK"
     c.logout()
+
+
+def _rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_client_that_does_not_read_gets_no_unbounded_output_buffer(imapd):
+    import socket
+    import time
+    c = imapd.client()
+    big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 100  # about 100 KB
+    c.append("INBOX", None, None, big)
+    c.logout()
+    pid = imapd.daemon.proc.pid
+    s = socket.create_connection(("127.0.0.1", imapd.port), timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.sendall(b"l LOGIN %s postroom\r\ns SELECT INBOX\r\n" % imapd.user.encode())
+    time.sleep(0.3)
+    before = _rss_kib(pid)
+    commands = 200  # 20 MB of answers
+    s.sendall(b"".join(b"f%d FETCH 1 BODY.PEEK[]\r\n" % i for i in range(commands)))
+    time.sleep(1.5)
+    grown = _rss_kib(pid) - before
+    assert grown < 5 * 1024, f"daemon grew by {grown} KiB while the client did not read"
+    # Reading now gets every answer, in order.
+    received = bytearray()
+    done = b"f%d OK Fetch completed\r\n" % (commands - 1)
+    deadline = time.monotonic() + 30
+    while not received.endswith(done) and time.monotonic() < deadline:
+        chunk = s.recv(1 << 20)
+        assert chunk
+        received += chunk
+    assert received.count(b" OK Fetch completed\r\n") == commands
+    s.close()
