@@ -73,7 +73,7 @@ def resolve(conn, seqset, uid_mode: bool):
 def _search(conn, tag, r, uid_mode: bool):
     r.sp()
     save = r.pos
-    charset = "US-ASCII"
+    charset = "UTF-8"  # RFC 3501 says US-ASCII; UTF-8 is its superset and what 8-bit input means in practice
     word = r._take(frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
     if word.upper() == b"CHARSET":
         r.sp()
