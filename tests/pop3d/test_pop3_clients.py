@@ -178,23 +178,6 @@ def test_plaintext_refused_without_tls_when_loopback_is_not_trusted(tmp_path):
         daemon.stop()
 
 
-def test_uidl_format_is_configurable(tmp_path):
-    etc, pop3, pop3s = pop3d_config(tmp_path, extra='uidl_format: "%v.%u"\n')
-    user = "bob@example.test"
-    store = store_for(tmp_path, user)
-    store.deliver(b"Subject: x\n\ny\n")
-    daemon = start(etc, pop3, pop3s)
-    try:
-        client = poplib.POP3("127.0.0.1", pop3, timeout=10)
-        client.user(user)
-        client.pass_(PASSWORD)
-        box = store.open_mailbox(INBOX)
-        assert client.uidl()[1] == [f"1 {box.uidvalidity}.1".encode()]
-        client.quit()
-    finally:
-        daemon.stop()
-
-
 def test_proxy_protocol_address_decides_the_plaintext_rule(tmp_path):
     """Behind a proxy, the client's address from the PROXY header counts: a client on
     192.0.2.9 is not on loopback, so USER is refused until STLS."""
@@ -221,8 +204,8 @@ def test_proxy_protocol_address_decides_the_plaintext_rule(tmp_path):
     assert "192.0.2.9" in daemon.output()
 
 
-def test_max_messages_limits_the_listing(tmp_path):
-    etc, pop3, pop3s = pop3d_config(tmp_path, extra="max_messages: 2\n")
+def test_uidl_format_and_max_messages(tmp_path):
+    etc, pop3, pop3s = pop3d_config(tmp_path, extra='uidl_format: "%v.%u"\nmax_messages: 2\n')
     user = "carol@example.test"
     store = store_for(tmp_path, user)
     for i in range(3):
@@ -232,7 +215,9 @@ def test_max_messages_limits_the_listing(tmp_path):
         client = poplib.POP3("127.0.0.1", pop3, timeout=10)
         client.user(user)
         client.pass_(PASSWORD)
-        assert client.stat()[0] == 2
+        box = store.open_mailbox(INBOX, readonly=True)
+        assert client.uidl()[1] == [f"{n} {box.uidvalidity}.{n}".encode() for n in (1, 2)]
+        assert client.stat()[0] == 2  # the oldest two; the third waits for the next session
         client.dele(1)
         client.dele(2)
         client.quit()
@@ -240,6 +225,7 @@ def test_max_messages_limits_the_listing(tmp_path):
         client.user(user)
         client.pass_(PASSWORD)
         assert client.stat()[0] == 1 and client.retr(1)[1][0] == b"Subject: 2"
+        assert client.uidl()[1] == [f"1 {box.uidvalidity}.3".encode()]
         client.quit()
     finally:
         daemon.stop()
