@@ -232,3 +232,29 @@ def test_disk_full_is_temporary_452_431(tmp_path):
         assert not any((mount / "alice" / "new").iterdir())
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_redirect_that_cannot_be_sent_is_kept(tmp_path):
+    import shutil
+    write_script(tmp_path, 'redirect "bob@elsewhere.test";')
+    etc = mda_config(tmp_path)
+    shutil.rmtree(tmp_path / "spool")          # the MTA's spool is out of reach
+    report = deliverer(etc).deliver(request())
+    assert report.redirects == [] and report.mailboxes == ["INBOX"]
+    assert "failed" in report.sieve_errors[0]
+
+
+def test_include_limits(tmp_path):
+    home = write_script(tmp_path, 'require "include"; include "a0"; discard;').parent
+    (home / "sieve").mkdir()
+    for i in range(12):
+        (home / "sieve" / f"a{i}.sieve").write_text(f'require "include"; include "a{i + 1}";')
+    (home / "sieve" / "a12.sieve").write_text("keep;")
+    report = deliverer(mda_config(tmp_path)).deliver(request())
+    assert report.mailboxes == ["INBOX"] and "nested too deeply" in report.sieve_errors[0]
+    d = deliverer(mda_config(tmp_path, "sieve:\n  max_include_depth: 20\n  max_includes: 5\n"))
+    report = d.deliver(request())
+    assert "too many includes" in report.sieve_errors[0]
+    d = deliverer(mda_config(tmp_path, "sieve:\n  max_include_depth: 20\n"))
+    report = d.deliver(request())
+    assert report.mailboxes == ["INBOX"] and not report.sieve_errors   # the explicit keep at the bottom
