@@ -339,3 +339,39 @@ def test_every_reply_has_enhanced_code():
             continue
         code, rest = line[:3], line[4:]
         assert rest.split(" ")[0].startswith(code[0] + "."), line
+
+
+# -- properties: any bytes, any chunking ------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PIECES = [b"EHLO c\r\n", b"MAIL FROM:<a@b.c>\r\n", b"RCPT TO:<b@example.test>\r\n", b"DATA\r\n",
+           b"BDAT 3\r\n", b"BDAT 2 LAST\r\n", b"xy", b".\r\n", b"..x\r\n", b"\r\n", b"\n", b"\r", b"NOOP\r\n",
+           b"RSET\r\n", b"AUTH PLAIN\r\n", b"STARTTLS\r\n", b"\x00\xff", b"QUIT\r\n"]
+
+
+def _run_chunks(chunks):
+    conn = make(auth_mechanisms=("PLAIN", "LOGIN"), tls=True, auth_allowed=True, max_message_size=200,
+                max_text_line=50, max_command_line=80)
+    out = b""
+    for chunk in chunks:
+        events = conn.receive(chunk)
+        while events:
+            ev = events.pop(0)
+            if ev.needs_answer:
+                events.extend(conn.accept("ok") if not isinstance(ev, Message) else conn.accept("queued"))
+        out += conn.data_to_send()
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_PIECES), st.binary(max_size=20)), max_size=30), st.data())
+def test_any_input_any_chunking_same_replies(pieces, data):
+    stream = b"".join(pieces)
+    whole = _run_chunks([stream])
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+    assert _run_chunks(chunks) == whole
+    for line in whole.split(b"\r\n")[:-1]:
+        assert len(line) >= 3 and line[:3].isdigit() and b"\n" not in line and b"\r" not in line
