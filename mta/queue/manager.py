@@ -491,8 +491,9 @@ class QueueManager(Service):
             lines.append(("info", "removed: every recipient done", {}))
             return lines
         nxt = min((r.next_attempt or time.time()) for r in left)
+        # The due time first: a scan must never see the file in deferred/ with an old mtime.
+        os.utime(msg.sf.path, (nxt, nxt))
         self.spool.move(msg.qid, "active", "deferred", sync=False)
-        os.utime(self.spool.path("deferred", msg.qid), (nxt, nxt))
         return lines
 
     def _send_notices(self, msg: ActiveMessage, lines: list) -> None:

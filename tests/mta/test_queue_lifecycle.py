@@ -45,11 +45,11 @@ def test_lifetime_expiry_bounces_in_rfc3464_form_with_one_delay_warning(tmp_path
         max_lifetime: 3s
     """)
     spool = tmp_path / "spool"
-    qid = spool_message(spool, "alice@example.test",
-                        [Recipient("bob@remote.test", orcpt="rfc822;Bob.Original@remote.test"),
-                         Recipient("carol@remote.test", notify=("FAILURE",))], ret="HDRS", envid="ENV-77")
-    q = start_queue(etc)
+    q = start_queue(etc)    # first: the message's clock starts when it is queued
     try:
+        qid = spool_message(spool, "alice@example.test",
+                            [Recipient("bob@remote.test", orcpt="rfc822;Bob.Original@remote.test"),
+                             Recipient("carol@remote.test", notify=("FAILURE",))], ret="HDRS", envid="ENV-77")
         wait_for(lambda: len(_local_dsns(spool)) >= 2, 20, what="a delay warning and a bounce")
         dsns = {d["Subject"]: (sf, d) for sf, d in _local_dsns(spool)}
         assert len(dsns) == 2
