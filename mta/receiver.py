@@ -1,12 +1,12 @@
 """mta.receiver -- from a received message to a durable spool file (group commit).
 
 `SpoolWriter.store(envelope, chunks)` writes the spool file in a worker thread
-(temp file in tmp/, fsync, rename into incoming/), then waits for a directory fsync
-of incoming/ that started after its rename. One directory fsync covers every file
-renamed before it began, so concurrent sessions share it: while one directory
-fsync runs, the next batch gathers, and all of a batch's 250 replies go out
-together when it is done. File fsyncs run concurrently in a small thread pool so
-the filesystem's journal commits them together too. Nothing is acknowledged
+(temp file in tmp/, fsync, rename into incoming/), then, still in that thread,
+waits for a directory fsync of incoming/ that started after its rename
+(`DirectoryCommit`). One directory fsync covers every file renamed before it
+began, so concurrent sessions share it: while one runs, the next batch gathers.
+File fsyncs run concurrently in the thread pool so the filesystem's journal
+commits them together too, and each message costs one hand-off to a thread. Nothing is acknowledged
 before both the file and the directory entry are on disk.
 
 Out of disk space (ENOSPC, EDQUOT) is 452 4.3.1 with nothing left behind (the
@@ -18,6 +18,7 @@ SECURITY: spool files are created 0600 by common.spool; the envelope is JSON dat
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 
 from twisted.internet import defer
@@ -35,20 +36,57 @@ log = get_logger("postroom.mta.receiver")
 NO_SPACE = TemporaryError(452, "4.3.1", "Insufficient system storage")
 
 
+class DirectoryCommit:
+    """Group commit of one directory's fsync among worker threads (leader/follower).
+
+    A thread that renamed a file into the directory calls wait_durable(). If no
+    fsync of the directory is running it runs one itself (the leader), covering
+    every rename announced before it started; otherwise it waits for the running
+    one and, if that began before its own rename, for the next. A failed fsync
+    fails its leader; the followers then try again themselves."""
+
+    def __init__(self, sync: Callable[[], None]):
+        self._sync = sync
+        self._cond = threading.Condition()
+        self._announced = 0   # renames announced so far
+        self._durable = 0     # renames up to this number are on disk
+        self._leading = False
+        self.fsyncs = 0
+
+    def wait_durable(self) -> None:
+        with self._cond:
+            self._announced += 1
+            mine = self._announced
+            while self._durable < mine:
+                if self._leading:
+                    self._cond.wait()
+                    continue
+                self._leading = True
+                target = self._announced
+                self._cond.release()
+                try:
+                    self._sync()
+                finally:
+                    self._cond.acquire()
+                    self._leading = False
+                    self._cond.notify_all()
+                # Only reached when the fsync succeeded.
+                self.fsyncs += 1
+                self._durable = max(self._durable, target)
+
+
 class SpoolWriter:
     """Durable spool writes with a shared directory fsync (group commit)."""
 
-    def __init__(self, spool: Spool, reactor, threads: int = 16, queue: str = "incoming",
+    def __init__(self, spool: Spool, reactor, threads: int = 32, queue: str = "incoming",
                  on_commit: Callable[[int], None] | None = None):
         self.spool = spool
         self.reactor = reactor
         self.queue = queue
         self.on_commit = on_commit
         self.pool = ThreadPool(minthreads=min(4, threads), maxthreads=threads, name="spool")
+        self.commit = DirectoryCommit(lambda: spool.sync(queue))
         self._started = False
-        self._gathering: list[tuple[defer.Deferred, str]] = []
-        self._syncing = False
-        self.batches = 0
         self.committed = 0
 
     def start(self) -> None:
@@ -66,12 +104,35 @@ class SpoolWriter:
         once file and directory are fsync'd; errbacks with a MailError."""
         self.start()
         envelope.size = sum(len(c) for c in chunks)
-        d = deferToThreadPool(self.reactor, self.pool, self.spool.write, envelope, chunks,
-                              self.queue, False)
-        d.addCallbacks(self._written, self._write_failed, callbackArgs=(envelope.queue_id,))
+        d = deferToThreadPool(self.reactor, self.pool, self._write_durably, envelope, chunks)
+        d.addCallbacks(self._stored, self._failed, callbackArgs=(envelope.queue_id,))
         return d
 
-    def _write_failed(self, failure: Failure):
+    def _write_durably(self, envelope: Envelope, chunks: Sequence[bytes]) -> None:
+        """In a worker thread: write, fsync and rename the file, then wait for a
+        directory fsync that covers the rename."""
+        path = self.spool.write(envelope, chunks, self.queue, sync_dir=False)
+        try:
+            self.commit.wait_durable()
+        except BaseException:
+            # The client will hear a temporary failure: take the file back so its
+            # retry does not become a second copy.
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
+
+    def _stored(self, _result, queue_id: str) -> str:
+        self.committed += 1
+        if self.on_commit is not None:
+            try:
+                self.on_commit(1)
+            except Exception:
+                log.failure("on_commit failed")
+        return queue_id
+
+    def _failed(self, failure: Failure):
         exc = failure.value
         if is_no_space(exc):
             log.error("spool write failed, disk full: {error}", error=str(exc))
@@ -80,42 +141,3 @@ class SpoolWriter:
             return failure
         log.failure("spool write failed", failure)
         raise unexpected(exc)
-
-    def _written(self, _path, queue_id: str) -> defer.Deferred:
-        d: defer.Deferred = defer.Deferred()
-        self._gathering.append((d, queue_id))
-        if not self._syncing:
-            self._sync_batch()
-        return d
-
-    def _sync_batch(self) -> None:
-        batch, self._gathering = self._gathering, []
-        self._syncing = True
-        dsync = deferToThreadPool(self.reactor, self.pool, self.spool.sync, self.queue)
-        dsync.addBoth(self._synced, batch)
-
-    def _synced(self, result, batch: list[tuple[defer.Deferred, str]]) -> None:
-        self._syncing = False
-        self.batches += 1
-        if isinstance(result, Failure):
-            log.failure("fsync of the spool directory failed", result)
-            error = NO_SPACE if is_no_space(result.value) else unexpected(result.value)
-            for d, queue_id in batch:
-                # The reply is a temporary failure: take the file back so the
-                # client's retry does not become a second copy.
-                try:
-                    os.unlink(self.spool.path(self.queue, queue_id))
-                except OSError:
-                    pass
-                d.errback(error)
-        else:
-            self.committed += len(batch)
-            for d, queue_id in batch:
-                d.callback(queue_id)
-            if self.on_commit is not None:
-                try:
-                    self.on_commit(len(batch))
-                except Exception:
-                    log.failure("on_commit failed")
-        if self._gathering:
-            self._sync_batch()

@@ -86,3 +86,40 @@ def test_disk_full_gives_452_and_leaves_nothing(tmp_path, tiny_spool):
         assert inst.queued_ids() >= {queue_id_of(text)}
     finally:
         inst.daemon.stop()
+
+
+def test_directory_commit_groups_fsyncs_and_never_returns_early():
+    import threading
+
+    from mta.receiver import DirectoryCommit
+
+    state = {"started": 0, "completed_covering": 0}
+    lock = threading.Lock()
+    fail_first = [True]
+
+    def slow_sync():
+        with lock:
+            state["started"] += 1
+            if fail_first[0]:
+                fail_first[0] = False
+                raise OSError(5, "simulated EIO")
+        time.sleep(0.01)
+
+    commit = DirectoryCommit(slow_sync)
+    results = []
+
+    def writer():
+        try:
+            commit.wait_durable()
+            results.append("ok")
+        except OSError:
+            results.append("failed")
+
+    threads = [threading.Thread(target=writer) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results.count("failed") == 1       # only the leader whose fsync failed
+    assert results.count("ok") == 39
+    assert commit.fsyncs < 39                  # grouped: far fewer fsyncs than writers
