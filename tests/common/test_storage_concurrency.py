@@ -68,3 +68,33 @@ def test_two_sessions_in_one_process_interleaved(tmp_path):
         assert not cb.expunged and not ca.expunged
     assert len(seen) == len(set(seen))
     assert [m.uid for m in a.messages] == [m.uid for m in b.messages] == list(range(1, 61))
+
+
+def _deliver_big(root: str, count: int) -> None:
+    store = MailStore(root)
+    for i in range(count):
+        store.deliver(b"Subject: big\n\n" + bytes([65 + i % 26]) * 2_000_000)
+
+
+def test_a_reader_never_sees_a_partial_delivery(tmp_path):
+    import re
+    root = tmp_path / "Maildir"
+    MailStore(root)
+    ctx = multiprocessing.get_context("fork")
+    writer = ctx.Process(target=_deliver_big, args=(str(root), 15))
+    writer.start()
+    checked = set()
+
+    def check() -> None:
+        for name in os.listdir(root / "new"):
+            if name not in checked:
+                declared = int(re.search(r",S=(\d+)", name).group(1))
+                assert os.path.getsize(root / "new" / name) == declared, "a file appeared before it was complete"
+                checked.add(name)
+    try:
+        while writer.is_alive():
+            check()
+        check()  # what arrived after the last look
+    finally:
+        writer.join(60)
+    assert writer.exitcode == 0 and len(checked) == 15
