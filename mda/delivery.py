@@ -41,7 +41,7 @@ from typing import Any
 from common.errors import MailError, PermanentError, TemporaryError
 from common.log import get_logger
 from common.spool import Envelope, Recipient, Spool
-from common.storage import (InvalidMailboxName, MailboxNotFound, MailStore, NoSpace, QuotaExceeded, StorageError,
+from common.storage import (InvalidMailboxName, MailStore, NoSpace, QuotaExceeded, StorageError,
                             validate_mailbox_name)
 from common.users import UserDB, UserRecord
 

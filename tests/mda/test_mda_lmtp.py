@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from tests.mda.mda_support import MESSAGE, folder_files, mda_config, write_script
-from tests.support import Daemon, free_port, wait_for, wait_for_port
+from tests.support import Daemon, free_port, wait_for
 
 
 def lmtp_yaml(sock, port) -> str:

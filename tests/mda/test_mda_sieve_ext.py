@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from mda.sieve import EnvelopeInfo, Environment, Message, SieveSyntaxError, parse, run
+from mda.sieve import Environment, parse
 from tests.mda.test_mda_sieve_base import MSG, decide, folders, syntax_error
 
 
