@@ -27,7 +27,10 @@ from .parser import SequenceSet
 from .response import paren
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+#: Parsed messages kept per session (a FETCH of several items reads each message once):
+#: at most this many, and beyond the newest one at most this many bytes.
 LOADED_CACHE = 8
+LOADED_CACHE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -129,9 +132,11 @@ class SelectedMailbox:
         got = self._loaded.get(uid)
         if got is None:
             got = LoadedMessage(self.mailbox.read(uid))
-            if len(self._loaded) >= LOADED_CACHE:
-                self._loaded.pop(next(iter(self._loaded)))
             self._loaded[uid] = got
+            total = sum(m.size for m in self._loaded.values())
+            while len(self._loaded) > 1 and (len(self._loaded) > LOADED_CACHE or total > LOADED_CACHE_BYTES):
+                oldest = next(iter(self._loaded))
+                total -= self._loaded.pop(oldest).size
         return got
 
     # ---- changes
