@@ -113,3 +113,26 @@ def test_success_notice_only_when_the_next_server_does_not_take_over_dsn(tmp_pat
             assert dsn["Subject"] == "Successful Mail Delivery Report"
         finally:
             q.stop()
+
+
+def test_smtputf8_and_size_refusals_bounce_with_their_codes(tmp_path):
+    from .test_queue_lifecycle import _local_dsns, _status_part
+
+    with Sink("127.0.0.3", extensions=("PIPELINING", "8BITMIME", "SIZE 1000", "DSN")) as sink:
+        etc = mta_config(tmp_path, f"""
+            transports:
+              "*": "smtp:[127.0.0.3]:{sink.port}"
+            tls: none
+        """)
+        spool = tmp_path / "spool"
+        q = start_queue(etc)
+        try:
+            spool_message(spool, "alice@example.test", ["j\u00fcrgen@remote.test"], smtputf8=True)
+            spool_message(spool, "alice@example.test", ["big@remote.test"], message=b"Subject: big\r\n\r\n"
+                          + (b"x" * 70 + b"\r\n") * 30)
+            wait_for(lambda: len(_local_dsns(spool)) == 2, 15, what="two bounces")
+            reports = " ".join(_status_part(d) for _, d in _local_dsns(spool))
+            assert "Status: 5.6.7" in reports and "Status: 5.3.4" in reports
+            assert sink.messages == []
+        finally:
+            q.stop()
