@@ -49,6 +49,8 @@ log = get_logger("mda.consumer")
 
 #: hand-offs one worker delivers before answering them with one directory fsync
 BATCH = 16
+#: seconds before a batch that failed (disk full for the answers...) is tried again
+RETRY_DELAY = 10.0
 
 CRASH_POINTS = frozenset(os.environ.get("POSTROOM_TEST_CRASH_AT", "").replace(" ", "").split(",")) - {""}
 
@@ -167,7 +169,8 @@ class SpoolConsumer(Service):
         self.workers = cfg.consumer.workers
         self.pool = ThreadPool(minthreads=self.workers, maxthreads=self.workers, name="mda-delivery")
         self.in_flight: set[str] = set()
-        self.found_at_start: set[str] = set()
+        self.may_be_partly_done: set[str] = set()
+        self.resting: dict[str, float] = {}     # hand-offs that failed: not before this time
         self.watcher = None
 
     def startService(self) -> None:
@@ -175,7 +178,7 @@ class SpoolConsumer(Service):
         self.spool.dir("mda").mkdir(parents=True, exist_ok=True)
         self.spool.dir("mda-done").mkdir(parents=True, exist_ok=True)
         # Anything here now may have been half done by an earlier run.
-        self.found_at_start = set(self.spool.list("mda"))
+        self.may_be_partly_done = set(self.spool.list("mda"))
         self.pool.start()
         from common.storage.watch import Watcher
         self.watcher = Watcher([self.spool.dir("mda")], self.scan, self.reactor,
@@ -199,6 +202,10 @@ class SpoolConsumer(Service):
                 break
             if hid in self.in_flight:
                 continue
+            if hid in self.resting:
+                if self.resting[hid] > self.reactor.seconds():
+                    continue
+                del self.resting[hid]
             batch.append(hid)
             if len(batch) >= BATCH:
                 self._submit(batch)
@@ -208,17 +215,23 @@ class SpoolConsumer(Service):
 
     def _submit(self, batch: list[str]) -> None:
         self.in_flight.update(batch)
-        retry = {h for h in batch if h in self.found_at_start}
+        retry = {h for h in batch if h in self.may_be_partly_done}
         d = deferToThreadPool(self.reactor, self.pool, self.processor.process_batch, batch, retry)
-        d.addErrback(self._failed, batch)
+        d.addCallbacks(self._succeeded, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
         d.addBoth(self._done, batch)
 
+    def _succeeded(self, _answers, batch: list[str]) -> None:
+        self.may_be_partly_done.difference_update(batch)
+
     def _failed(self, failure, batch: list[str]) -> None:
-        # The requests stay in mda/ and are tried again at the next scan.
+        # The requests stay in mda/ and are tried again at the next scan; part of them
+        # may have been delivered, so the next attempt looks for copies first.
+        self.may_be_partly_done.update(batch)
+        until = self.reactor.seconds() + RETRY_DELAY
+        self.resting.update((h, until) for h in batch)
         log.failure("hand-offs {hids} not finished; will retry", failure, hids=" ".join(batch[:5]))
 
     def _done(self, _result, batch: list[str]) -> None:
         self.in_flight.difference_update(batch)
-        self.found_at_start.difference_update(batch)
         if self.running and len(self.in_flight) < self.workers * BATCH:
             self.scan()
