@@ -224,7 +224,9 @@ def deliver(reactor, hosts, options: ClientOptions, transaction: Transaction, ti
         options = replace(options, reuse=True)
     last: Reply | None = None
     last_host = None
-    for host in hosts:
+    attempts = [(host, options) for host in hosts]
+    while attempts:
+        host, options = attempts.pop(0)
         conn = SmtpClientConn(replace(options), transaction)
         proto = _ClientProtocol(conn, timeouts, reactor,
                                 lambda h=host: tls_creator_for(h.name) if tls_creator_for else None, host)
@@ -242,6 +244,13 @@ def deliver(reactor, hosts, options: ClientOptions, transaction: Transaction, ti
             finished = yield proto.done
         except Exception as e:  # a bug in glue or core: never lose the recipients
             finished = conn.finished or conn.connection_lost(f"internal error: {e}")[0]
+        if finished.tls_failed and options.tls == "may":
+            # Opportunistic TLS that fails is retried in plain text, as Postfix does:
+            # the alternative to plain text here is no delivery at all.
+            log.info("TLS with {host}[{address}] failed; trying again without TLS", host=host.name,
+                     address=host.address)
+            attempts.insert(0, (host, replace(options, tls="none")))
+            continue
         if finished.try_next_host:
             last = finished.session_reply
             last_host = host

@@ -117,6 +117,7 @@ class Finished:
     session_reply: Reply | None = None  # why the session failed, if it did
     dsn_offered: bool = False
     tls: bool = False
+    tls_failed: bool = False            # the TLS handshake (after STARTTLS's 220) failed
 
 
 def temp(text: str, enhanced: str = "4.4.2", stage: str = "") -> Reply:
@@ -220,6 +221,7 @@ class SmtpClientConn:
         self._mail_failed: Reply | None = None
         self._bdat_failed: Reply | None = None
         self.transactions = 1
+        self._tls_unconfirmed = False
 
     # --- glue interface -------------------------------------------------
 
@@ -299,6 +301,7 @@ class SmtpClientConn:
     def start_tls_done(self) -> list:
         """The TLS handshake completed: greet again, as RFC 3207 demands."""
         self.tls = True
+        self._tls_unconfirmed = True     # until the server's first reply over TLS
         self.extensions = {}
         self._send_ehlo()
         return []
@@ -355,6 +358,7 @@ class SmtpClientConn:
 
     def _on_reply(self, raw: tuple[int, list[bytes]]) -> list:
         code, texts = raw
+        self._tls_unconfirmed = False
         if self.state == "greeting":
             reply = self._reply(code, texts, "greeting")
             if code != 220:
@@ -619,9 +623,10 @@ class SmtpClientConn:
         for i, r in enumerate(self.replies):
             if r is None:
                 self.replies[i] = reply
+        tls_failed = self.state == "tls" or self._tls_unconfirmed
         self.state = "closed"
         self._finished = Finished(list(self.replies), try_next_host=next_host, session_reply=reply,
-                                  dsn_offered="DSN" in self.extensions, tls=self.tls)
+                                  dsn_offered="DSN" in self.extensions, tls=self.tls, tls_failed=tls_failed)
         return [self._finished]
 
     def _finish(self) -> list:

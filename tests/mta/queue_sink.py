@@ -40,6 +40,7 @@ class SinkOptions:
     refuse: dict[str, str] = field(default_factory=dict)   # recipient -> reply line
     data_delay: float = 0.0
     data_reply: str = "250 2.0.0 Ok: queued"
+    broken_tls: bool = False                  # STARTTLS answers 220, then the handshake fails
 
 
 class Sink:
@@ -112,15 +113,18 @@ class Sink:
             if verb in ("EHLO", "HELO"):
                 helo = cmd[5:]
                 exts = list(o.extensions)
-                if o.certfile and not tls:
+                if (o.certfile or o.broken_tls) and not tls:
                     exts.append("STARTTLS")
                 if o.auth and tls:
                     exts.append("AUTH PLAIN LOGIN")
                 lines = ["sink.example"] + exts
                 sock.sendall("".join(f"250{'-' if i < len(lines) - 1 else ' '}{l}\r\n"
                                      for i, l in enumerate(lines)).encode())
-            elif verb == "STARTTLS" and o.certfile and not tls:
+            elif verb == "STARTTLS" and (o.certfile or o.broken_tls) and not tls:
                 send("220 2.0.0 Ready to start TLS")
+                if o.broken_tls:
+                    sock.sendall(b"this is not a TLS record\r\n")
+                    return
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
                 ctx.load_cert_chain(o.certfile, o.keyfile)
                 sock = ctx.wrap_socket(sock, server_side=True)

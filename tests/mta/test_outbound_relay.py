@@ -96,3 +96,27 @@ def test_tls_verify_checks_name_and_chain(tmp_path):
             assert len(sink.messages) == 1
         finally:
             q.stop()
+
+
+def test_opportunistic_tls_that_fails_falls_back_to_plain_text(tmp_path):
+    with Sink("127.0.0.3", broken_tls=True) as sink:
+        etc = mta_config(tmp_path, f"""
+            transports:
+              may.test: "smtp:[127.0.0.3]:{sink.port}"
+              must.test: "smtp:[127.0.0.3]:{sink.port}"
+            tls: may
+            tls_policy:
+              must.test: encrypt
+            retry_first: 1h
+        """)
+        spool = tmp_path / "spool"
+        spool_message(spool, "alice@example.test", ["x@may.test"])
+        must = spool_message(spool, "alice@example.test", ["y@must.test"])
+        q = start_queue(etc)
+        try:
+            (got,) = sink.wait_for(1)
+            assert got.recipients == ["x@may.test"] and not got.tls
+            wait_for(lambda: must in spool_files(spool, "deferred"), 10, what="encrypt: deferred, not plain")
+            assert len(sink.messages) == 1
+        finally:
+            q.stop()
