@@ -120,3 +120,21 @@ def test_lmtp_bdat_and_bare_lf_refused(tmp_path, lmtp_daemon):
         reply = f.readline()
         assert reply[:1] in (b"5", b"4") or reply == b""
     assert len(folder_files(tmp_path, "INBOX", "alice")) == 1
+
+
+def test_core_refusal_after_data_is_one_reply_per_recipient():
+    """RFC 2033 4.2 in the shared core (no sockets): a message refused as a whole still
+    gets one reply per accepted recipient."""
+    from common.smtp.server import MailFrom, RcptTo, ServerSettings, SmtpServerConn
+    conn = SmtpServerConn(ServerSettings(hostname="mda.test", max_message_size=100), lmtp=True)
+    conn.greet()
+    events = conn.receive(b"LHLO mta.test\r\nMAIL FROM:<a@b.test>\r\n")
+    assert isinstance(events[-1], MailFrom)
+    conn.accept()
+    for rcpt in (b"x@mda.test", b"y@mda.test"):
+        [ev] = conn.receive(b"RCPT TO:<" + rcpt + b">\r\n")
+        assert isinstance(ev, RcptTo)
+        conn.accept()
+    conn.receive(b"DATA\r\n" + b"Subject: big\r\n\r\n" + b"x" * 90 + b"\r\n" + b"y" * 90 + b"\r\n.\r\n")
+    out = conn.data_to_send().split(b"\r\n")
+    assert out[-3:] == [b"552 5.3.4 Message size exceeds fixed maximum message size"] * 2 + [b""]
