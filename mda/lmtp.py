@@ -50,7 +50,9 @@ class LmtpFactory(Factory):
         self.settings = ServerSettings(
             hostname=cfg.core.hostname, max_message_size=int(mda.max_message_size),
             max_recipients=mda.lmtp_max_recipients, starttls=self.starttls and server_tls is not None,
-            require_helo=True)
+            require_helo=True,
+            # The client is our own MTA: unknown recipients in a large batch are not an attack.
+            max_errors=2 * mda.lmtp_max_recipients + 10)
         self.timeout = float(mda.lmtp_timeout)
         reactor.suggestThreadPoolSize(max(10, mda.consumer.workers * 2))
 

@@ -138,3 +138,14 @@ def test_core_refusal_after_data_is_one_reply_per_recipient():
     conn.receive(b"DATA\r\n" + b"Subject: big\r\n\r\n" + b"x" * 90 + b"\r\n" + b"y" * 90 + b"\r\n.\r\n")
     out = conn.data_to_send().split(b"\r\n")
     assert out[-3:] == [b"552 5.3.4 Message size exceeds fixed maximum message size"] * 2 + [b""]
+
+
+def test_many_unknown_recipients_do_not_close_the_session(tmp_path, lmtp_daemon):
+    sock, _port, _d = lmtp_daemon
+    with smtplib.LMTP(str(sock)) as client:
+        client.ehlo("mta.example.test")
+        rcpts = [f"nobody{i}@example.test" for i in range(15)] + ["alice@example.test"]
+        rcpt, data = send(client, "sender@remote.test", rcpts, MESSAGE)
+        assert [r[0] for r in rcpt] == [550] * 15 + [250]
+        assert [r[0] for r in data] == [250]
+    assert len(folder_files(tmp_path)) == 1
