@@ -111,3 +111,23 @@ def test_sigkill_at_each_step_leaves_exactly_one_copy(tmp_path, daemon_factory, 
     assert len(folder_files(tmp_path, "Archive")) == 1
     assert len(all_message_files(tmp_path, "bob")) == 1
     assert len(spool.list("maildrop")) == 1
+
+
+def test_disk_full_is_answered_as_deferral(tmp_path, daemon_factory):
+    import os
+    import subprocess
+    from tests.support import require
+    require(os.geteuid() == 0, "root, to mount a small tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        etc = mda_config(tmp_path, MDA_YAML, core_extra=f"mail_location: {mount}/%n\n")
+        spool = Spool(tmp_path / "spool")
+        daemon_factory(etc)
+        env, path = queue_message(spool, [Recipient("alice@example.test")], MESSAGE + b"x" * 200_000)
+        hid = hand_off(spool, env, path, [0])
+        [r] = wait_for(lambda: answered(spool, hid), timeout=20, what="the answer")
+        assert (r.state, r.status) == ("deferred", "4.3.1")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
