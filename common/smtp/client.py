@@ -220,6 +220,7 @@ class SmtpClientConn:
         self._any_rcpt_answer = False
         self._mail_failed: Reply | None = None
         self._bdat_failed: Reply | None = None
+        self._bdat_pipelined = False
         self.transactions = 1
         self._tls_unconfirmed = False
 
@@ -483,10 +484,15 @@ class SmtpClientConn:
         self.chunking = "CHUNKING" in ext
         self._send(" ".join([f"MAIL FROM:<{tx.sender}>", *params]), "MAIL")
         self.state = "mail"
+        self._bdat_pipelined = False
         if self.pipelining:
             for i in range(len(tx.recipients)):
                 self._send_rcpt(i)
-            if not self.chunking:
+            if self.chunking:
+                # RFC 3030 4.2: BDAT may follow RCPT in the same group; a server that
+                # refused every recipient refuses the BDAT and drops its data.
+                self._send_bdat(pipelined=True)
+            else:
                 self._send("DATA", "DATA")
         return []
 
@@ -526,12 +532,10 @@ class SmtpClientConn:
             if not self.pipelining:
                 self._send_rcpt(i + 1)
             return []
-        if failed_mail is not None:
-            if not self.pipelining or self.chunking:
-                return self._quit()
-            return []  # wait for DATA's reply
+        if self._bdat_pipelined or failed_mail is not None:
+            return []  # the replies to BDAT (or DATA) sent in the same group follow
         if not self.accepted:
-            if self.pipelining and not self.chunking:
+            if self.pipelining:
                 return []  # DATA's reply (503/554) is still to come
             return self._quit()
         if self.chunking:
@@ -567,7 +571,7 @@ class SmtpClientConn:
             self.replies[i] = reply
         return self._quit()
 
-    def _send_bdat(self):
+    def _send_bdat(self, pipelined: bool = False):
         if self.tx.body == "BINARYMIME":
             data = self.tx.message
         else:
@@ -578,11 +582,15 @@ class SmtpClientConn:
             self._out += f"BDAT {len(chunk)}{' LAST' if last else ''}\r\n".encode() + chunk
             self._expect.append(("BDAT", 1 if last else 0))
         self._bdat_failed = None
-        self.state = "bdat"
-        self._data_sent = True
+        if pipelined:
+            self._bdat_pipelined = True   # sent, but no recipient was answered yet
+        else:
+            self.state = "bdat"
+            self._data_sent = True
         return []
 
     def _on_bdat(self, reply: Reply, last: int):
+        self._data_sent = True
         if reply.code != 250 and self._bdat_failed is None:
             self._bdat_failed = reply
         if not last:

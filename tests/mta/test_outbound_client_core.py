@@ -164,11 +164,27 @@ def test_chunking_sends_bdat_without_dot_stuffing():
     c = make(msg=b".dot\r\nline\r\n", tls="none")
     c.receive(b"220 mx\r\n"); c.take_output()
     c.receive(b"250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
-    assert c.take_output() == b"MAIL FROM:<s@example.test>\r\nRCPT TO:<a@example.org>\r\n"
-    c.receive(b"250 ok\r\n250 ok\r\n")
-    assert c.take_output() == b"BDAT 12 LAST\r\n.dot\r\nline\r\n"
-    (fin,) = c.receive(b"250 2.0.0 ok\r\n")
+    # Pipelined: BDAT goes in the same group as MAIL and RCPT (RFC 3030 4.2).
+    assert c.take_output() == (b"MAIL FROM:<s@example.test>\r\nRCPT TO:<a@example.org>\r\n"
+                               b"BDAT 12 LAST\r\n.dot\r\nline\r\n")
+    (fin,) = c.receive(b"250 ok\r\n250 ok\r\n250 2.0.0 ok\r\n")
     assert fin.replies[0].code == 250
+    # Without PIPELINING it waits for each reply, then sends BDAT.
+    c = make(msg=b"x\r\n", tls="none", rcpts=("a@example.org", "b@example.org"))
+    c.receive(b"220 mx\r\n"); c.take_output()
+    c.receive(b"250-mx\r\n250 CHUNKING\r\n"); c.take_output()
+    c.receive(b"250 ok\r\n"); c.take_output()
+    c.receive(b"550 5.1.1 no\r\n"); c.take_output()
+    c.receive(b"250 ok\r\n")
+    assert c.take_output() == b"BDAT 3 LAST\r\nx\r\n"
+    (fin,) = c.receive(b"250 2.0.0 ok\r\n")
+    assert [r.code for r in fin.replies] == [550, 250]
+    # Every recipient refused: the pipelined BDAT is refused too; nobody delivered.
+    c = make(msg=b"x\r\n", tls="none")
+    c.receive(b"220 mx\r\n"); c.take_output()
+    c.receive(b"250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n"); c.take_output()
+    (fin,) = c.receive(b"250 ok\r\n550 5.1.1 no\r\n503 5.5.1 no valid recipients\r\n")
+    assert fin.replies[0].code == 550 and c.take_output() == b"QUIT\r\n"
 
 
 def test_4xx_greeting_means_next_host():
