@@ -14,6 +14,10 @@ subject matches, which it does for half of the messages). Messages are 2 KB.
 2. LMTP: --sessions parallel sessions over the unix socket, each sending its share
    of --messages messages pipelined (MAIL, RCPT, DATA; one recipient each); the
    time runs from the first connect to the last reply. Target: at least 1,000/s.
+3. end to end (--only e2e, or with the others): a real postroom-mta and postroom-mda;
+   --smtp-sessions SMTP sessions (smtplib) send --messages messages to local users;
+   the time runs from the first connect until the last file is in a maildir.
+   Target: at least 1,200/s with 20 sessions.
 
 Each scenario runs --runs times; the median is reported. Clients run in this
 process (threads), so the client side costs CPU on the same machine too.
@@ -152,13 +156,69 @@ def run_lmtp(n: int, users: int, sessions: int) -> float:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def run_e2e(n: int, users: int, sessions: int) -> float:
+    import smtplib
+
+    from tests.mta.smtpd_fixture import start_mta
+    tmp = Path(tempfile.mkdtemp(prefix="mda-bench-"))
+    try:
+        mta = start_mta(tmp)
+        etc = tmp / "etc"
+        names = [f"user{i}@example.test" for i in range(users)]
+        from tests.support.config import _hash
+        with open(etc / "users", "a") as f:
+            for name in names:
+                f.write(f"{name}:{_hash('postroom')}::::{tmp / 'mail' / 'example.test' / name.split('@')[0]}::\n")
+        for name in names:
+            home = tmp / "mail" / "example.test" / name.split("@")[0]
+            home.mkdir(parents=True, exist_ok=True)
+            (home / ".sieve").write_text(SCRIPT)
+        (etc / "mda.yaml").write_text("consumer:\n  enabled: true\n  workers: 8\n")
+        mda = Daemon("mda.main", etc).start()
+        try:
+            time.sleep(3)
+            per = [[] for _ in range(sessions)]
+            for i in range(n):
+                per[i % sessions].append((names[i % len(names)], message(i)))
+            errors: list = []
+
+            def client(msgs):
+                try:
+                    with smtplib.SMTP("127.0.0.1", mta.ports["mx"], timeout=60) as c:
+                        c.ehlo("bench.remote.test")
+                        for rcpt, data in msgs:
+                            c.sendmail("bench@remote.test", [rcpt], data)
+                except Exception as e:  # noqa: BLE001 - reported below
+                    errors.append(repr(e))
+
+            before = count_files(tmp)
+            threads = [threading.Thread(target=client, args=(p,)) for p in per]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if os.environ.get("BENCH_VERBOSE"):
+                print(f"  SMTP done after {time.perf_counter() - start:.1f}s, {count_files(tmp) - before} delivered")
+            wait_for(lambda: count_files(tmp) - before >= n, timeout=600, interval=0.05, what="every file")
+            elapsed = time.perf_counter() - start
+        finally:
+            mda.stop()
+            mta.daemon.stop()
+        assert not errors, errors[:3]
+        return n / elapsed
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--messages", type=int, default=3000)
     ap.add_argument("--users", type=int, default=20)
     ap.add_argument("--sessions", type=int, default=10)
-    ap.add_argument("--only", choices=("consumer", "lmtp"))
+    ap.add_argument("--smtp-sessions", type=int, default=20)
+    ap.add_argument("--only", choices=("consumer", "lmtp", "e2e"))
     args = ap.parse_args()
     if args.only in (None, "consumer"):
         rates = [run_consumer(args.messages, args.users) for _ in range(args.runs)]
@@ -168,6 +228,10 @@ def main() -> None:
         rates = [run_lmtp(args.messages, args.users, args.sessions) for _ in range(args.runs)]
         print(f"LMTP: {args.sessions} sessions, {args.messages} x 2 KB: "
               f"median {statistics.median(rates):.0f} msg/s (runs: {', '.join(f'{r:.0f}' for r in rates)}; target 1000)")
+    if args.only in (None, "e2e"):
+        rates = [run_e2e(args.messages, args.users, args.smtp_sessions) for _ in range(args.runs)]
+        print(f"end to end: {args.smtp_sessions} SMTP sessions into postroom-mta, {args.messages} x 2 KB to maildirs: "
+              f"median {statistics.median(rates):.0f} msg/s (runs: {', '.join(f'{r:.0f}' for r in rates)}; target 1200)")
 
 
 if __name__ == "__main__":
