@@ -1,13 +1,18 @@
 """bench/relay_load.py -- how fast the queue manager relays to a local postroom MTA.
 
     python bench/relay_load.py [--messages 2000] [--size 2048] [--connections 20] [--runs 3] [--tls]
+                               [--sink]
 
 Each run: a receiving postroom-mta (python -m mta.main) on 127.0.0.3 for the local
 domain dest.test; N messages of SIZE bytes written into a fresh spool's hold/;
 the queue manager alone (python -m mta.queue), limited to CONNECTIONS parallel
 connections, is started; once it runs, every message is moved into incoming/ at
 once (as `postroom-queue release ALL` does) and the time until the spool is empty
-is measured, so the figure is the relay rate, not the program's start-up. Prints each run's messages per second and the median. Everything lives
+is measured, so the figure is the relay rate, not the program's start-up.
+
+With --sink the destination is instead a minimal asyncio SMTP sink (no disk, one
+process) that only counts: the queue manager's own ceiling, apart from the
+receiving MTA's. Prints each run's messages per second and the median. Everything lives
 in a temporary folder that is removed afterwards; nothing listens beyond loopback.
 """
 
@@ -76,15 +81,55 @@ def fill(spool_root: Path, n: int, size: int) -> None:
     spool.sync("hold")
 
 
-def one_run(n: int, size: int, connections: int, tls: bool) -> float:
+SINK = r"""
+import asyncio, sys
+
+async def session(reader, writer):
+    writer.write(b"220 sink ESMTP\r\n")
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        verb = line[:4].upper()
+        if verb == b"EHLO":
+            writer.write(b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-CHUNKING\r\n250 SIZE 100000000\r\n")
+        elif verb == b"BDAT":
+            n = int(line.split()[1])
+            await reader.readexactly(n)
+            writer.write(b"250 2.0.0 ok\r\n")
+        elif verb == b"QUIT":
+            writer.write(b"221 bye\r\n")
+            break
+        else:
+            writer.write(b"250 ok\r\n")
+        await writer.drain()
+    writer.close()
+
+async def main():
+    server = await asyncio.start_server(session, "127.0.0.3", int(sys.argv[1]), backlog=256)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def one_run(n: int, size: int, connections: int, tls: bool, sink: bool = False) -> float:
+    import subprocess
+
     tmp = Path(tempfile.mkdtemp(prefix="postroom-bench-"))
     rx = None
     q = None
+    sink_proc = None
     try:
         port = free_port("127.0.0.3")
-        rx = receiver(tmp / "rx", port)
-        rx.start()
-        wait_for_port(port, host="127.0.0.3", proc=rx.proc)
+        if sink:
+            sink_proc = subprocess.Popen([sys.executable, "-c", SINK, str(port)])
+            wait_for_port(port, host="127.0.0.3", proc=sink_proc)
+        else:
+            rx = receiver(tmp / "rx", port)
+            rx.start()
+            wait_for_port(port, host="127.0.0.3", proc=rx.proc)
         etc = sender(tmp / "tx", port, connections, tls)
         spool = tmp / "tx" / "spool"
         fill(spool, n, size)
@@ -112,6 +157,9 @@ def one_run(n: int, size: int, connections: int, tls: bool) -> float:
             q.stop()
         if rx is not None:
             rx.stop()
+        if sink_proc is not None:
+            sink_proc.terminate()
+            sink_proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -122,14 +170,16 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=20)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tls", action="store_true", help="opportunistic STARTTLS (tls: may) instead of none")
+    ap.add_argument("--sink", action="store_true", help="a counting asyncio sink instead of a postroom MTA")
     args = ap.parse_args()
     rates = []
     for i in range(args.runs):
-        rate = one_run(args.messages, args.size, args.connections, args.tls)
+        rate = one_run(args.messages, args.size, args.connections, args.tls, args.sink)
         rates.append(rate)
         print(f"run {i + 1}: {rate:.0f} messages/s")
     print(f"median: {statistics.median(rates):.0f} messages/s "
-          f"({args.messages} x {args.size} bytes, {args.connections} connections, tls={'may' if args.tls else 'none'})")
+          f"({args.messages} x {args.size} bytes, {args.connections} connections, tls={'may' if args.tls else 'none'}, "
+          f"destination: {'asyncio sink' if args.sink else 'postroom-mta'})")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ log = get_logger("mta.queue")
 
 MAX_RCPTS_PER_TRANSACTION = 100
 IO_THREADS = 8
+CACHE_LIMIT = 64 * 1024          # messages up to this size are kept in memory while active
 FLUSH_FLAG = ".flush"           # in maildrop/, so that any local user can ask (sendmail -q)
 
 
@@ -88,6 +89,7 @@ class ActiveMessage:
     unsynced: list[bytes] = field(default_factory=list)   # status records not yet written
     io: int = 0                                 # spool writes in flight for it
     finishing: bool = False
+    data: bytes | None = None                   # the message, kept when small
 
     @property
     def env(self):
@@ -132,6 +134,7 @@ class QueueManager(Service):
         # Spool writes that fsync run here, so the reactor never waits for the disk.
         self._pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name="postroom-queue-io")
         self._applying: set[str] = set()
+        self.loading: set[str] = set()              # queue ids being read in the I/O pool
         self.cache = ConnectionCache(reactor, self.qcfg.max_per_destination)
 
     # --- service ----------------------------------------------------------
@@ -264,53 +267,80 @@ class QueueManager(Service):
             if self.pickup is not None:
                 self.pickup.run(self.signer)
             for qid in self.spool.list("incoming"):
-                if len(self.active) >= self.qcfg.max_active:
+                if self._full():
                     break
-                if qid in self.active:
-                    continue
-                try:
-                    self.spool.move(qid, "incoming", "active", sync=False)
-                except FileNotFoundError:
-                    continue
-                self._load(qid, "active")
+                if qid not in self.active and qid not in self.loading:
+                    self._load(qid, "incoming")
         except Exception as e:
             log.failure("scanning incoming failed: {why}", why=str(e))
 
     def _scan_deferred(self, force: bool):
         now = time.time()
         for qid in self.spool.list("deferred"):
-            if len(self.active) >= self.qcfg.max_active:
+            if self._full():
                 break
-            path = self.spool.path("deferred", qid)
+            if qid in self.active or qid in self.loading:
+                continue
             try:
-                due = force or path.stat().st_mtime <= now
-                if due:
-                    self.spool.move(qid, "deferred", "active", sync=False)
+                due = force or self.spool.path("deferred", qid).stat().st_mtime <= now
             except FileNotFoundError:
                 continue
             if due:
-                self._load(qid, "active")
+                self._load(qid, "deferred")
+
+    def _full(self) -> bool:
+        return len(self.active) + len(self.loading) >= self.qcfg.max_active
 
     # --- one message -------------------------------------------------------
 
     def _load(self, qid: str, queue: str) -> None:
-        path = self.spool.path(queue, qid)
+        """Take qid from queue into active/ and schedule its recipients. The file work
+        (rename, parse, DKIM signing, reading a small message) runs in the I/O pool."""
+        self.loading.add(qid)
+        d = self._thread(self._read, qid, queue)
+        d.addCallback(self._loaded, qid)
+        d.addErrback(self._load_failed, qid)
+
+    def _read(self, qid: str, queue: str):
+        """In the I/O pool: (SpoolFile, message bytes or None, a note for the log or None),
+        or None when the file is gone or was moved to corrupt/."""
+        if queue != "active":
+            try:
+                self.spool.move(qid, queue, "active", sync=False)
+            except FileNotFoundError:
+                return None   # taken by postroom-queue (hold, delete) meanwhile
+        path = self.spool.path("active", qid)
         try:
             sf = parse(path)
+            if sf.queue_id != qid:
+                raise CorruptSpoolFile("queue id does not match the file name")
         except CorruptSpoolFile as e:
-            self._corrupt(qid, queue, str(e))
-            return
-        except OSError as e:
-            log.error("cannot read {queue_id}: {why}", queue_id=qid, why=str(e))
-            return
-        if sf.queue_id != qid:
-            self._corrupt(qid, queue, "queue id does not match the file name")
-            return
+            return ("corrupt", str(e))
+        except FileNotFoundError:
+            return None
+        note = None
         try:
             sf = self._maybe_sign(sf)
         except Exception as e:  # signing never stops delivery
-            log.error("DKIM signing of {queue_id} failed: {why}", queue_id=qid, why=str(e))
-        msg = ActiveMessage(qid, sf)
+            note = f"DKIM signing failed: {e}"
+        data = sf.read_message() if sf.envelope.size <= CACHE_LIMIT else None
+        return sf, data, note
+
+    def _load_failed(self, f, qid: str) -> None:
+        self.loading.discard(qid)
+        log.error("cannot load the message: {why}", queue_id=qid, why=f.getErrorMessage())
+
+    def _loaded(self, result, qid: str) -> None:
+        self.loading.discard(qid)
+        if result is None:
+            return
+        if result[0] == "corrupt":
+            self._corrupt(qid, "active", result[1])
+            return
+        sf, data, note = result
+        if note:
+            log.error("{note}", queue_id=qid, note=note)
+        msg = ActiveMessage(qid, sf, data=data)
         self.active[qid] = msg
         env = sf.envelope
         now = time.time()
@@ -574,7 +604,7 @@ class QueueManager(Service):
                 self._job_done(job, None, Reply(451, "4.7.0", "relay credentials file unusable", "internal"))
                 return
             env = msg.env
-            message = msg.sf.read_message()
+            message = msg.data if msg.data is not None else (yield self._thread(msg.sf.read_message))
             tx = Transaction(env.sender, [Rcpt(env.recipients[i].address, env.recipients[i].notify,
                                                env.recipients[i].orcpt) for i in job.indices],
                              message, env.body, env.smtputf8, env.ret, env.envid)
@@ -694,12 +724,14 @@ class QueueManager(Service):
             qid = self.handoffs.get(hid) or hid.partition(".")[0]
             msg = self.active.get(qid)
             if msg is None:
+                if qid in self.loading:
+                    continue      # being loaded: its answer is applied on the next scan
                 # The message is not loaded (a restart): load it from active/ first.
                 if self.spool.path("active", qid).exists():
                     if hid not in self.handoffs:
                         self._add_handoff(hid, qid)
                     self._load(qid, "active")
-                    msg = self.active.get(qid)
+                    continue
                 if msg is None:
                     log.warn("hand-off answer {hid} for a message not in active/; removed", hid=hid)
                     path.unlink(missing_ok=True)
