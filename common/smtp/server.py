@@ -303,6 +303,7 @@ class SmtpServerConn:
             self.auth_allowed = auth_allowed
         self.helo = None
         self.esmtp = False
+        self.auth_user = None  # nothing learnt before TLS counts after it
         self._reset_transaction()
         self._buf.clear()
         if self._state == _TLS:
