@@ -137,6 +137,12 @@ class WorkerPool(Service):
                         log.error("cannot restart a receiving process: {error}", error=e)
                         self.procs[i] = None
 
+    def reload(self):
+        """SIGHUP reaches the parent (the runner calls this): pass it on."""
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGHUP)
+
     @defer.inlineCallbacks
     def stopService(self):
         super().stopService()
