@@ -286,12 +286,17 @@ class Spool:
             fsync_dir(self.dir(src))
         return target
 
-    def append_status(self, path: Path, records: Iterable[bytes]) -> None:
-        """Append status records and fsync: recipients' new states are durable on return."""
+    def append_status(self, path: Path, records: Iterable[bytes], sync: bool = True) -> None:
+        """Append status records and fsync: recipients' new states are durable on return.
+
+        sync=False leaves them in the page cache: they survive a crash of the process
+        (kill -9) but not of the machine. The queue manager uses it for the final
+        records of a message it removes next: losing them can only repeat a delivery."""
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             os.write(fd, b"".join(records))
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
 

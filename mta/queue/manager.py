@@ -463,10 +463,15 @@ class QueueManager(Service):
         if not msg.unsynced and after is None:
             return
         records, msg.unsynced = msg.unsynced, []
+        # When every recipient is done the file is removed next; its last records
+        # need no fsync (a machine crash could only repeat a delivery). A file that
+        # stays, or an MDA answer about to be removed, needs them durable.
+        durable = after is not None or msg.outstanding > 0 or any(
+            r.state in (PENDING, DEFERRED) for r in msg.env.recipients) or bool(msg.failed_indices)
 
         def write():
             if records:
-                self.spool.append_status(msg.sf.path, records)
+                self.spool.append_status(msg.sf.path, records, sync=durable)
             if after is not None:
                 after()
 
