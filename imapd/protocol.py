@@ -150,6 +150,13 @@ class Settings:
 
 BASE_CAPABILITIES = ("IMAP4rev1", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "CHILDREN",
                      "SPECIAL-USE", "UIDPLUS", "MOVE")
+#: Capabilities of the extension modules (imapd.commands.ext_*), added as each registers.
+EXTENSION_CAPABILITIES: list[str] = []
+
+
+def advertise(*names: str) -> None:
+    """An extension module works: list its capabilities."""
+    EXTENSION_CAPABILITIES.extend(n for n in names if n not in EXTENSION_CAPABILITIES)
 
 
 class ImapConnection:
@@ -175,7 +182,7 @@ class ImapConnection:
     # ------------------------------------------------------------ capabilities
 
     def capabilities(self) -> list[str]:
-        caps = list(BASE_CAPABILITIES)
+        caps = list(BASE_CAPABILITIES) + EXTENSION_CAPABILITIES
         caps.insert(1, "LITERAL-" if self.settings.limits.literal_minus else "LITERAL+")
         if self.state == State.NOT_AUTHENTICATED:
             caps.append("SASL-IR")
@@ -474,6 +481,7 @@ class ImapConnection:
 def load_commands() -> None:
     """Import every command module so that its handlers register."""
     from .commands import any_state, auth, fetch, idle, mailboxes, messages, selected  # noqa: F401
+    from .commands import ext_sort  # noqa: F401
 
 
 load_commands()

@@ -85,6 +85,13 @@ def _search(conn, tag, r, uid_mode: bool):
     if decode is None:
         raise No("Unsupported charset", "BADCHARSET (" + " ".join(CHARSETS) + ")")
     program = r.search_program(decode)
+    found = [uid if uid_mode else seq for seq, uid in matching(conn, program)]
+    conn.send(b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n")
+    return Done("Search completed")
+
+
+def matching(conn, program) -> list[tuple[int, int]]:
+    """(seq, uid) of the selected mailbox's messages the search program matches."""
     sel = conn.selected
     evaluator = Evaluator(sel.exists(), sel.uids[-1] if sel.uids else 0)
     found = []
@@ -96,11 +103,10 @@ def _search(conn, tag, r, uid_mode: bool):
                               size=lambda msg=msg: msg.vsize, load=lambda uid=uid: sel.load(uid))
         try:
             if evaluator.matches(program, candidate):
-                found.append(uid if uid_mode else seq)
+                found.append((seq, uid))
         except Exception as e:  # noqa: BLE001 -- an unreadable (expunged) message just does not match
             conn.log.debug("search skipped UID {uid}: {error!r}", uid=uid, error=e)
-    conn.send(b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n")
-    return Done("Search completed")
+    return found
 
 
 @command("SEARCH", SELECTED, uses_seqs=True)
