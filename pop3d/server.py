@@ -32,13 +32,14 @@ from common.log import get_logger
 from common.runner import peer_ip, secure_transport
 from common.storage import INBOX, MailboxInUse, MailStore, MessageExpunged, StorageError
 
-from .protocol import (Authenticate, Close, Commit, Fetch, Limits, Listing, Pop3Conn, Send, StartTLS,
+from .protocol import (UPDATE, Authenticate, Close, Commit, Fetch, Limits, Listing, Pop3Conn, Send, StartTLS,
                        format_uidl)
 
 log = get_logger("pop3d")
 
-#: Seconds a closing connection may take to finish (TLS close_notify) before it is cut.
-CLOSE_WAIT = 2.0
+#: Seconds a closing connection may take to flush its output and finish TLS (a peer
+#: that never answers close_notify) before it is cut.
+CLOSE_WAIT = 10.0
 #: Users whose last login time is remembered for LOGIN-DELAY.
 MAX_LOGIN_TIMES = 100000
 
@@ -110,7 +111,7 @@ class Pop3Session(Protocol, TimeoutMixin):
 
     def graceful_shutdown(self) -> None:
         """SIGTERM: say goodbye now; nothing the client marked is deleted (RFC 1939)."""
-        if not self.lost and self.conn is not None and self.conn._waiting != "commit":
+        if not self.lost and self.conn is not None and self.conn.state != UPDATE:
             self.transport.write(b"-ERR [SYS/TEMP] Server shutting down, try again later.\r\n")
             self.close()
 
