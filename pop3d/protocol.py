@@ -181,7 +181,7 @@ class Pop3Conn:
     # --- glue-facing ------------------------------------------------------------------
 
     def greeting(self) -> list[Event]:
-        return [Send(b"+OK postroom POP3 ready.\r\n")]
+        return [Send(f"+OK {self.hostname} POP3 server ready.\r\n".encode("ascii", "replace"))]
 
     def receive(self, data: bytes) -> list[Event]:
         if self.state == CLOSED:
