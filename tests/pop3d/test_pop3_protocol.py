@@ -218,4 +218,5 @@ def test_a_megabyte_of_pipelined_commands_takes_linear_time():
     started = time.perf_counter()
     out = sent(conn.receive(burst))
     assert out == b"+OK\r\n" * 150000
-    assert time.perf_counter() - started < 5
+    # Linear: about a second on an idle machine. Re-slicing per line would copy ~67 GB.
+    assert time.perf_counter() - started < 30
