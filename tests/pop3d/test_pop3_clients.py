@@ -172,7 +172,7 @@ def test_plaintext_refused_without_tls_when_loopback_is_not_trusted(tmp_path):
         idle = LineClient(pop3)
         started = time.monotonic()
         assert idle.line().startswith(b"-ERR Autologout")
-        assert 0.5 < time.monotonic() - started < 5
+        assert time.monotonic() - started < 10  # idle_timeout is 1 s; the default would be 10 minutes
         assert idle.closed_by_server()
     finally:
         daemon.stop()
