@@ -164,3 +164,19 @@ def test_dovecot_reads_a_postroom_maildir_the_same_way(shared_tmp):
     # And the UIDs Dovecot knows are ours: a new message gets UID 4 from whichever comes next.
     dovecot.append([(b"Subject: four\r\n\r\n4\r\n", "")])
     assert [m.uid for m in MailStore(mail).open_mailbox(INBOX).messages] == [1, 2, 3, 4]
+
+
+def test_uidl_saved_by_dovecot_in_the_uidlist_is_served_as_is(tmp_path):
+    """Dovecot keeps the UIDL of mail migrated from another server in dovecot-uidlist
+    (the P field); clients must see that same value from us."""
+    from tests.common.test_storage_dovecot import make_dovecot_maildir
+    etc, pop3, pop3s = pop3d_config(tmp_path)
+    make_dovecot_maildir(maildir(tmp_path, USER))
+    daemon = start(etc, pop3, pop3s)
+    try:
+        uidl, sizes, _ = ours(pop3)
+    finally:
+        daemon.stop()
+    v = 1700000000
+    assert uidl == [f"1 {5:08x}{v:08x}", f"2 {7:08x}{v:08x}", f"3 {9:08x}{v:08x}", "4 0000abcd"]
+    assert sizes[:3] == ["1 130", "2 210", "3 305"]
