@@ -184,6 +184,7 @@ class ImapConnection:
     def capabilities(self) -> list[str]:
         caps = list(BASE_CAPABILITIES) + EXTENSION_CAPABILITIES
         caps.insert(1, "LITERAL-" if self.settings.limits.literal_minus else "LITERAL+")
+        caps.append(f"APPENDLIMIT={self.settings.limits.max_literal}")
         if self.state == State.NOT_AUTHENTICATED:
             caps.append("SASL-IR")
             if self.settings.tls_available and not self.secure:

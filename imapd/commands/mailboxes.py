@@ -17,7 +17,7 @@ import re
 from common.storage import MailboxExists, MailboxNotFound, decode_mutf7
 
 from ..parser import ParseError
-from ..protocol import AUTH, Done, No, command
+from ..protocol import AUTH, Done, No, advertise, command
 from ..session import SelectedMailbox
 from . import decode_name, mailbox_arg, wire_name
 
@@ -241,7 +241,15 @@ def lsub(conn, tag, r):
 
 # ------------------------------------------------------------------ STATUS
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT")
+
+
+def status_items(r) -> list[str]:
+    items = [x.upper() for x in r.paren_list(r.atom, allow_empty=False)]
+    for item in items:
+        if item not in STATUS_ITEMS:
+            raise ParseError("Invalid status item")
+    return items
 
 
 @command("STATUS", AUTH)
@@ -250,11 +258,14 @@ def status(conn, tag, r):
     raw = r.astring()
     name = decode_name(conn, raw)
     r.sp()
-    items = [x.upper() for x in r.paren_list(r.atom, allow_empty=False)]
+    items = status_items(r)
     r.end()
-    for item in items:
-        if item not in STATUS_ITEMS:
-            raise ParseError("Invalid status item")
+    conn.send(status_response(conn, name, items))
+    return Done("Status completed")
+
+
+def status_response(conn, name: str, items: list[str]) -> bytes:
+    """`* STATUS name (...)` for these items (MailboxNotFound answered NONEXISTENT)."""
     try:
         box = conn.store.open_mailbox(name, readonly=True)
     except MailboxNotFound:
@@ -262,17 +273,20 @@ def status(conn, tag, r):
     try:
         messages = box.messages
         values = {
-            "MESSAGES": len(messages),
+            "MESSAGES": lambda: len(messages),
             # Not selected anywhere here: what is still in new/ has been seen by no one.
-            "RECENT": sum(1 for m in messages if m.recent or m.path.parent.name == "new")
+            "RECENT": lambda: sum(1 for m in messages if m.recent or m.path.parent.name == "new")
             if conn.selected is None or conn.selected.name != name else len(conn.selected.recent),
-            "UIDNEXT": box.uidnext,
-            "UIDVALIDITY": box.uidvalidity,
-            "UNSEEN": sum(1 for m in messages if "\\Seen" not in m.flags),
+            "UIDNEXT": lambda: box.uidnext,
+            "UIDVALIDITY": lambda: box.uidvalidity,
+            "UNSEEN": lambda: sum(1 for m in messages if "\\Seen" not in m.flags),
+            "SIZE": lambda: sum(m.vsize for m in messages),                 # RFC 8438
+            "APPENDLIMIT": lambda: conn.settings.limits.max_literal,        # RFC 7889
         }
+        body = " ".join(f"{item} {values[item]()}" for item in items)
     finally:
         box.close()
-    body = " ".join(f"{item} {values[item]}" for item in items)
-    conn.send(b"* STATUS " + wire_name(name) + b" (" + body.encode() + b")\r\n")
-    return Done("Status completed")
+    return b"* STATUS " + wire_name(name) + b" (" + body.encode() + b")\r\n"
 
+
+advertise("STATUS=SIZE")

@@ -7,8 +7,9 @@ are accepted as CHARSET.
 
 from __future__ import annotations
 
+from .. import esearch
 from ..parser import ParseError
-from ..protocol import SELECTED, Done, No, command
+from ..protocol import SELECTED, Done, No, advertise, command
 from ..search import CHARSETS, Candidate, Evaluator, decoder_for
 from ..session import BadSequence
 
@@ -72,6 +73,7 @@ def resolve(conn, seqset, uid_mode: bool):
 
 def _search(conn, tag, r, uid_mode: bool):
     r.sp()
+    options = esearch.return_options(r)
     save = r.pos
     charset = "UTF-8"  # RFC 3501 says US-ASCII; UTF-8 is its superset and what 8-bit input means in practice
     word = r._take(frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
@@ -86,6 +88,9 @@ def _search(conn, tag, r, uid_mode: bool):
         raise No("Unsupported charset", "BADCHARSET (" + " ".join(CHARSETS) + ")")
     program = r.search_program(decode)
     found = [uid if uid_mode else seq for seq, uid in matching(conn, program)]
+    if options is not None:
+        conn.send(esearch.response(tag, uid_mode, found, options))
+        return Done("Search completed")
     conn.send(b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n")
     return Done("Search completed")
 
@@ -117,3 +122,6 @@ def search(conn, tag, r):
 @command("UID SEARCH", SELECTED)
 def uid_search(conn, tag, r):
     return _search(conn, tag, r, uid_mode=True)
+
+
+advertise("ESEARCH")
