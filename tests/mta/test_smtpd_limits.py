@@ -17,6 +17,7 @@ limits:
   max_connections_per_client: 3
   max_errors: 5
   command_timeout: 1s
+  data_timeout: 1s
   max_messages_per_client_per_minute: 3
   max_message_size: 10K
   max_recipients: 2
@@ -61,6 +62,17 @@ def test_command_timeout(mta):
     assert c.reply() == (421, "4.4.2 Timeout, closing connection")
     assert 0.8 < time.monotonic() - started < 5
     assert c.closed_by_peer()
+
+
+def test_data_timeout_leaves_nothing_queued(mta):
+    before = mta.queued_ids()
+    c = RawClient(mta.ports["mx"])
+    c.reply()
+    c.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nSubject: stalled\r\n")
+    assert [code for code, _ in c.replies(4)] == [250, 250, 250, 354]
+    assert c.reply() == (421, "4.4.2 Timeout, closing connection")
+    assert c.closed_by_peer()
+    assert mta.queued_ids() == before
 
 
 def test_recipients_and_size_limits(mta):
