@@ -800,6 +800,11 @@ class Mailbox:
                 continue
             msg = Message(uid, filename, self._dir, sub, self._flags_of(_split_name(filename)[1]),
                           recent=(base in moved) if old is None else old.recent, pop3_uidl=rec.ext("P"))
+            if rec.extensions:
+                # Dovecot records the CRLF size as W<n>: saves reading files without ",W=".
+                vsize = rec.ext("W")
+                if vsize and vsize.isdigit() and ",W=" not in base:
+                    msg._vsize = int(vsize)
             if old is None:
                 changes.new.append(msg)
             elif old.flags != msg.flags:

@@ -11,7 +11,7 @@ UIDLIST = """3 V1700000000 N12 G3085f01b8ab1e25612000000f2b4dbd1
 5 W130 :1700000000.M123P456.host,S=123,W=130
 7 :1700000100.M5P99.host,S=200,W=210
 9 G1ab2e3f4a5b6c7d8e9f0a1b2c3d4e5f6 :1700000200.M6P99.host,S=300,W=305
-11 P0000abcd :1700000300.M7P99.host
+11 P0000abcd W33 :1700000300.M7P99.host
 """
 KEYWORDS = "0 $Forwarded\n1 Junk\n3 $label1\n"
 FILES = {
@@ -51,6 +51,7 @@ def test_dovecot_maildir_keeps_uids_and_keywords(tmp_path):
         (11, frozenset()),
     ]
     assert box.by_uid(5).size == 123 and box.by_uid(7).vsize == 210
+    assert box.by_uid(11).vsize == 33  # from the W field Dovecot put in the uidlist
     assert box.by_uid(11).size == len(FILES["cur/1700000300.M7P99.host:2,"])
     assert box.by_uid(11).pop3_uidl == "0000abcd"
     assert box.uidnext == 12
