@@ -99,5 +99,6 @@ def test_messages_per_client_per_minute(mta):
             if code == 250:
                 s.rcpt("alice@example.test")
                 s.data(MSG)
-    # test_recipients_and_size_limits may have used one of the three already.
-    assert codes[-1] == 450 and codes.count(250) in (2, 3)
+    # Earlier tests in this module used some of the three MAILs a minute already.
+    assert codes[-1] == 450 and 1 <= codes.count(250) <= 3
+    assert codes == sorted(codes)  # once refused, refused until the minute is over
