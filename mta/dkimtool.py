@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import sys
 from pathlib import Path
 
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CANTCREAT
     algorithm = "ed25519-sha256" if args.type == "ed25519" else "rsa-sha256"
     print(f"; private key: {path.resolve()}")
-    print(f"; mta.yaml, under queue: dkim:")
+    print("; mta.yaml, under queue: dkim:")
     print(f";   - {{domain: {domain}, selector: {args.selector}, key: {path.resolve()}, algorithm: {algorithm}}}")
     print(f'{args.selector}._domainkey.{domain}. IN TXT {zone_strings(txt_record(args.type, p))}')
     return EX_OK

@@ -37,8 +37,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MAX_REPLY_LINE = 2048
 MAX_REPLY_LINES = 100

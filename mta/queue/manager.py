@@ -41,7 +41,6 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from twisted.application.service import Service
 from twisted.internet import defer, task

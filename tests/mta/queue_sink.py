@@ -314,14 +314,3 @@ def submit(host: str, port: int, sender: str, rcpts, message: bytes, user: str |
             s.login(user, password)
         s.sendmail(sender, list(rcpts), message)
 
-
-def find_dsn(mta, timeout: float = 15.0):
-    """Wait for a delivery status notice (null sender) in mta's queue; parsed email."""
-    import email
-    import email.policy
-
-    from tests.support import wait_for
-
-    sf = wait_for(lambda: next((f for f in mta.files() if f.envelope.sender == ""
-                                and f.envelope.source == "bounce"), None), timeout, what="a DSN")
-    return sf, email.message_from_bytes(sf.read_message(), policy=email.policy.default)

@@ -5,7 +5,6 @@ verified by dkimpy and by Perl's Mail::DKIM."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 from tests.support import free_port, require, require_tool, wait_for
 from tests.support.dnsserver import DnsServer
 
-from .queue_sink import PostroomMta, Sink, find_dsn, submit
+from .queue_sink import PostroomMta, Sink, submit
 
 BIN = Path(sys.executable).parent
 ALICE = "alice@example.test"
