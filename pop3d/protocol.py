@@ -224,7 +224,8 @@ class Pop3Conn:
         self._expect("fetch")
         listing, self._fetching = self._fetching, None
         assert listing is not None
-        self._out.append(Send(f"+OK {listing.size} octets\r\n".encode() + format_message(data, self._top)))
+        first = f"+OK {listing.size} octets\r\n" if self._top is None else "+OK Top of message follows\r\n"
+        self._out.append(Send(first.encode() + format_message(data, self._top)))
         if self._top is None:
             self.retrieved.add(self._fetching_number)
         return self._run()

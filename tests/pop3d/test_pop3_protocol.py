@@ -141,7 +141,7 @@ def test_retr_top_and_update_at_quit():
     assert sent(events) == b"+OK 100 octets\r\nSubject: a\r\n\r\n..leading dot\r\nlast\r\n.\r\n"
     assert events[-1] == Fetch(7, 0)
     events = conn.message(b"Subject: b\r\n\r\nbody\r\n")
-    assert sent(events) == b"+OK 250 octets\r\nSubject: b\r\n\r\n.\r\n+OK Marked to be deleted.\r\n"
+    assert sent(events) == b"+OK Top of message follows\r\nSubject: b\r\n\r\n.\r\n+OK Marked to be deleted.\r\n"
     assert events[-1] == Commit(deleted=(9,), seen=(3,))
     events = conn.commit_done(None)
     assert sent(events) == b"+OK Logging out (2 messages left).\r\n" and isinstance(events[-1], Close)
