@@ -125,7 +125,6 @@ class QueueManager(Service):
         self.connections = 0
         self._scan_pending = False
         self._loop: task.LoopingCall | None = None
-        self._flush_loop: task.LoopingCall | None = None
         self._notifier = None
         self._last_deferred_scan = 0.0
         self.pickup = None
@@ -620,10 +619,11 @@ class QueueManager(Service):
                                      lambda name: client_creator(name, level == "verify", ca),
                                      (self.qcfg.bind_address, self.qcfg.bind_address6),
                                      cache=self.cache, cache_key=(hop.key,))
-            self._job_done(job, delivery, None)
         except Exception as e:
             log.failure("delivery of {queue_id} failed unexpectedly: {why}", queue_id=msg.qid, why=str(e))
             self._job_done(job, None, Reply(451, "4.3.0", f"internal error: {type(e).__name__}", "internal"))
+            return
+        self._job_done(job, delivery, None)
 
     def _job_done(self, job: Job, delivery, reply: Reply | None, backed_off: bool = False,
                   dns_failure: bool = False) -> None:
