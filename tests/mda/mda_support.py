@@ -3,11 +3,14 @@ and Sieve scripts, and reading what landed in a maildir."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from pathlib import Path
 
 from common.config import load
 from common.spool import Spool
+from tests.support import require
 from tests.support.config import base_config
 
 MESSAGE = (b"From: Sender <sender@remote.test>\r\n"
@@ -69,3 +72,17 @@ def all_message_files(tmp_path: Path, user: str = "alice") -> list[Path]:
         if os.path.basename(dirpath) in ("new", "cur"):
             out += [Path(dirpath) / f for f in files]
     return out
+
+
+@contextlib.contextmanager
+def small_maildir_disk(tmp_path: Path, size: str = "64k"):
+    """A tiny tmpfs (root only) holding every maildir; yields the core_extra that
+    points mail_location at it. Unmounted lazily, so a daemon still running is fine."""
+    require(os.geteuid() == 0, "root, to mount a small tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount, f"mail_location: {mount}/%n\n"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)

@@ -9,7 +9,8 @@ import signal
 import pytest
 
 from common.spool import (Envelope, Handoff, Recipient, Spool, read_handoff_results, write_handoff)
-from tests.mda.mda_support import MESSAGE, all_message_files, folder_files, mda_config, write_script
+from tests.mda.mda_support import (MESSAGE, all_message_files, folder_files, mda_config, small_maildir_disk,
+                                   write_script)
 from tests.support import Daemon, wait_for
 
 MDA_YAML = "consumer:\n  enabled: true\n  scan_interval: 1s\n  workers: 2\n"
@@ -114,20 +115,11 @@ def test_sigkill_at_each_step_leaves_exactly_one_copy(tmp_path, daemon_factory, 
 
 
 def test_disk_full_is_answered_as_deferral(tmp_path, daemon_factory):
-    import os
-    import subprocess
-    from tests.support import require
-    require(os.geteuid() == 0, "root, to mount a small tmpfs")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    try:
-        etc = mda_config(tmp_path, MDA_YAML, core_extra=f"mail_location: {mount}/%n\n")
+    with small_maildir_disk(tmp_path) as (_mount, core_extra):
+        etc = mda_config(tmp_path, MDA_YAML, core_extra=core_extra)
         spool = Spool(tmp_path / "spool")
         daemon_factory(etc)
         env, path = queue_message(spool, [Recipient("alice@example.test")], MESSAGE + b"x" * 200_000)
         hid = hand_off(spool, env, path, [0])
         [r] = wait_for(lambda: answered(spool, hid), timeout=20, what="the answer")
         assert (r.state, r.status) == ("deferred", "4.3.1")
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)

@@ -3,13 +3,11 @@ input, the exit status and standard error checked."""
 
 from __future__ import annotations
 
-import os
 
 import subprocess
 import sys
 
-from tests.support import require
-from tests.mda.mda_support import MESSAGE, folder_files, maildir, mda_config, write_script
+from tests.mda.mda_support import MESSAGE, folder_files, maildir, mda_config, small_maildir_disk, write_script
 
 
 def deliver(etc, *args, message=MESSAGE):
@@ -85,13 +83,7 @@ def test_too_big_exit_77(tmp_path):
 
 
 def test_disk_full_exit_75(tmp_path):
-    require(os.geteuid() == 0, "root, to mount a small tmpfs")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    try:
-        etc = mda_config(tmp_path, core_extra=f"mail_location: {mount}/%n\n")
-        p = deliver(etc, "-d", "alice@example.test", message=MESSAGE + b"x" * 200_000)
+    with small_maildir_disk(tmp_path) as (_mount, core_extra):
+        p = deliver(mda_config(tmp_path, core_extra=core_extra), "-d", "alice@example.test",
+                    message=MESSAGE + b"x" * 200_000)
         assert p.returncode == 75 and b"452 4.3.1" in p.stderr
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)

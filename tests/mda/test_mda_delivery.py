@@ -3,15 +3,13 @@ duplicates and exactly-once retries, against real maildirs and a real spool."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from common.errors import PermanentError, TemporaryError
 from common.spool import Spool, parse
 from mda.delivery import DeliveryRequest
-from tests.support import require
-from tests.mda.mda_support import MESSAGE, deliverer, folder_files, mda_config, write_script
+from tests.mda.mda_support import MESSAGE, deliverer, folder_files, mda_config, small_maildir_disk, write_script
 
 
 def request(msg: bytes = MESSAGE, **kw) -> DeliveryRequest:
@@ -217,21 +215,12 @@ def test_exactly_once_with_unique_and_retry(tmp_path):
 
 
 def test_disk_full_is_temporary_452_431(tmp_path):
-    import subprocess
-    require(os.geteuid() == 0, "root, to mount a small tmpfs")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    try:
-        etc = mda_config(tmp_path, core_extra=f"mail_location: {mount}/%n\n")
-        d = deliverer(etc)
-        big = MESSAGE + b"x" * 200_000
+    with small_maildir_disk(tmp_path) as (mount, core_extra):
+        d = deliverer(mda_config(tmp_path, core_extra=core_extra))
         with pytest.raises(TemporaryError) as info:
-            d.deliver(request(big))
+            d.deliver(request(MESSAGE + b"x" * 200_000))
         assert (info.value.code, info.value.enhanced) == (452, "4.3.1")
         assert not any((mount / "alice" / "new").iterdir())
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_redirect_that_cannot_be_sent_is_kept(tmp_path):
