@@ -11,6 +11,21 @@ from pathlib import Path
 from common import spool as spoolmod
 from tests.support import Daemon, free_port
 from tests.support.config import base_config
+from tests.support.dnsserver import DnsServer
+
+_empty_dns: DnsServer | None = None
+
+
+def loopback_dns_yaml() -> str:
+    """A `dns:` section naming an empty DNS server on loopback (every name NXDOMAIN),
+    shared by the whole test process, so no test ever asks the machine's resolver."""
+    global _empty_dns
+    if _empty_dns is None:
+        import atexit
+
+        _empty_dns = DnsServer({}).start()
+        atexit.register(_empty_dns.stop)
+    return f"dns:\n  nameservers: [127.0.0.1]\n  port: {_empty_dns.port}\n  timeout: 3s\n"
 
 ALIASES = """\
 # test aliases
@@ -68,6 +83,8 @@ def start_mta(tmp: Path, extra_yaml: str = "", core_extra: str = "", listeners: 
     if "queue:" not in extra_yaml:
         # Remote mail waits in deferred/ (nothing listens on port 1) so tests can read it.
         extra_yaml += 'queue:\n  transports:\n    "*": "smtp:[127.0.0.1]:1"\n'
+    if "dns:" not in extra_yaml:
+        extra_yaml += loopback_dns_yaml()
     if "receive_processes" not in extra_yaml:
         extra_yaml += "receive_processes: 1\n"
     (etc / "mta.yaml").write_text(
