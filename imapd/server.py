@@ -32,6 +32,7 @@ from common.runner import peer_ip, secure_transport
 from common.storage import MailStore
 from common.storage.watch import Watcher
 
+from .compress import CompressionError, DeflateStream, StartCompression
 from .parser import Limits
 from .protocol import CheckPassword, Close, ImapConnection, Settings, StartTLS, Unwatch, Watch
 
@@ -109,6 +110,7 @@ class ImapSession(Protocol):
         self._closing = False
         self._pending_login = None
         self._paused = False
+        self._deflate: DeflateStream | None = None  # COMPRESS=DEFLATE is active
 
     # ------------------------------------------------------------ connection
 
@@ -158,6 +160,23 @@ class ImapSession(Protocol):
     def dataReceived(self, data: bytes):
         if self.conn is None or self._closing:
             return
+        if self._deflate is None:
+            self._received(data)
+            return
+        try:
+            for chunk in self._deflate.inflate(data):
+                if self._closing:
+                    return
+                self._received(chunk)
+        except CompressionError as e:
+            log.info("bad compressed input from {ip}: {error}", ip=self.ip, error=str(e), session=self.session_id)
+            self._write(b"* BYE Bad compressed data\r\n")
+            self._close()
+
+    def _write(self, data: bytes) -> None:
+        self.transport.write(self._deflate.deflate(data) if self._deflate is not None else data)
+
+    def _received(self, data: bytes) -> None:
         self._arm_timer()
         if self._paused:
             self.conn.framer.append(data)
@@ -178,7 +197,7 @@ class ImapSession(Protocol):
                 out = self.conn.receive(b"")
         except Exception:  # noqa: BLE001 -- a bug closes one connection, never the daemon
             log.failure("session {session} failed", session=self.session_id)
-            self.transport.write(b"* BYE Internal error\r\n")
+            self._write(b"* BYE Internal error\r\n")
             self._close()
 
     # ------------------------------------------------------------ IPushProducer
@@ -207,7 +226,7 @@ class ImapSession(Protocol):
 
         def flush():
             if pending:
-                self.transport.write(b"".join(pending))
+                self._write(b"".join(pending))
                 pending.clear()
 
         for item in outputs:
@@ -227,6 +246,9 @@ class ImapSession(Protocol):
             elif isinstance(item, Close):
                 flush()
                 self._close()
+            elif isinstance(item, StartCompression):
+                flush()
+                self._deflate = DeflateStream()
         flush()
 
     def _close(self):
