@@ -992,28 +992,40 @@ class Mailbox:
 
     def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> int:
         """Save a message (IMAP APPEND); returns its UID. Durable when it returns."""
+        return self.append_many([(data, flags, internaldate)])[0]
+
+    def append_many(self, messages: Iterable[tuple[bytes, Iterable[str], float | None]]) -> list[int]:
+        """Save (data, flags, internaldate) messages together (IMAP MULTIAPPEND): all
+        get their UIDs in one uidlist update under the lock, or none is kept.
+        Returns their UIDs in order; durable when it returns."""
         self._writable()
-        flags = list(flags)
-        index = self._ensure_keywords(flags)
-        letters = _flag_letters(flags, index)
-        base = _new_base(len(data), _crlf_size(data))
-        tmp = self.path / "tmp" / base
+        messages = [(data, list(flags), internaldate) for data, flags, internaldate in messages]
+        index = self._ensure_keywords([f for _data, flags, _date in messages for f in flags])
+        files: list[tuple[Path, str]] = []
         try:
             from ..fsutil import write_file_synced
-            write_file_synced(tmp, [data])
-            if self.mailstore.owner is not None:
-                self.mailstore._chown(tmp)
-            if internaldate is not None:
-                os.utime(tmp, (internaldate, internaldate), follow_symlinks=False)
-            uid = self._commit_files([(tmp, f"{base}:2,{letters}")])[0]
-        except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise _wrap_os_error(e, f"appending to {self.name}") from e
-        self.mailstore.quota.add(len(data), 1)
-        return uid
+            for data, flags, internaldate in messages:
+                base = _new_base(len(data), _crlf_size(data))
+                tmp = self.path / "tmp" / base
+                files.append((tmp, f"{base}:2,{_flag_letters(flags, index)}"))
+                write_file_synced(tmp, [data])
+                if self.mailstore.owner is not None:
+                    self.mailstore._chown(tmp)
+                if internaldate is not None:
+                    os.utime(tmp, (internaldate, internaldate), follow_symlinks=False)
+            uids = self._commit_files(files)
+        except BaseException as e:
+            for tmp, final in files:
+                for leftover in (tmp, self.path / "cur" / final):
+                    try:
+                        os.unlink(leftover)
+                    except OSError:
+                        pass
+            if isinstance(e, OSError):
+                raise _wrap_os_error(e, f"appending to {self.name}") from e
+            raise
+        self.mailstore.quota.add(sum(len(data) for data, _f, _d in messages), len(messages))
+        return uids
 
     def _commit_files(self, files: list[tuple[Path, str]]) -> list[int]:
         """Rename finished files (in tmp/) into cur/ and give them UIDs, in order."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from common.storage import MailboxNotFound, QuotaExceeded
 
 from ..parser import ParseError
-from ..protocol import AUTH, SELECTED, Done, No, command
+from ..protocol import AUTH, SELECTED, Done, No, advertise, command
 from ..session import SYSTEM_FLAGS
 from . import mailbox_arg, uid_set_text
 from .selected import resolve
@@ -51,11 +51,8 @@ def check_quota(conn, add_bytes: int, add_count: int) -> None:
                  detail=f"quota: {used_bytes}+{add_bytes} of {max_bytes} bytes, {used_count}+{add_count} of {max_count}")
 
 
-@command("APPEND", AUTH)
-def append(conn, tag, r):
-    r.sp()
-    name = mailbox_arg(conn, r)
-    r.sp()
+def _append_message(r) -> tuple[bytes, list[str], float | None]:
+    """[flag-list SP] [date-time SP] literal"""
     flags: list[str] = []
     internaldate = None
     if r.peek() == 0x28:
@@ -65,10 +62,21 @@ def append(conn, tag, r):
         internaldate = r.date_time().timestamp()
         r.sp()
     data = r.literal()
-    r.end()
     if not data:
         raise No("Cannot save an empty message", "CANNOT")
-    check_quota(conn, len(data), 1)
+    return data, flags, internaldate
+
+
+@command("APPEND", AUTH)
+def append(conn, tag, r):
+    r.sp()
+    name = mailbox_arg(conn, r)
+    r.sp()
+    messages = [_append_message(r)]
+    while not r.at_end():  # MULTIAPPEND (RFC 3502): all are saved, or none
+        r.sp()
+        messages.append(_append_message(r))
+    check_quota(conn, sum(len(m[0]) for m in messages), len(messages))
     sel = conn.selected
     own = sel is not None and sel.name == name and not sel.readonly
     try:
@@ -76,16 +84,19 @@ def append(conn, tag, r):
     except MailboxNotFound:
         raise No("Mailbox does not exist", "TRYCREATE") from None
     try:
-        uid = box.append(data, flags, internaldate)
+        uids = box.append_many(messages)
         uidvalidity = box.uidvalidity
         if own:
-            sel.recent.add(uid)  # this session is the first to see it (RFC 3501 2.3.2)
+            sel.recent.update(uids)  # this session is the first to see them (RFC 3501 2.3.2)
     except QuotaExceeded:
         raise No("Quota exceeded", "OVERQUOTA") from None
     finally:
         if not own:
             box.close()
-    return Done("Append completed", f"APPENDUID {uidvalidity} {uid}")
+    return Done("Append completed", f"APPENDUID {uidvalidity} {uid_set_text(uids)}")
+
+
+advertise("MULTIAPPEND")
 
 
 def _store(conn, tag, r, uid_mode: bool):
