@@ -1,7 +1,7 @@
 """bench/relay_load.py -- how fast the queue manager relays to a local postroom MTA.
 
     python bench/relay_load.py [--messages 2000] [--size 2048] [--connections 20] [--runs 3] [--tls]
-                               [--sink]
+                               [--sink] [--receive-processes N]
 
 Each run: a receiving postroom-mta (python -m mta.main) on 127.0.0.3 for the local
 domain dest.test; N messages of SIZE bytes written into a fresh spool's hold/;
@@ -35,7 +35,7 @@ from tests.support import Daemon, free_port, wait_for, wait_for_port  # noqa: E4
 from tests.support.config import base_config  # noqa: E402
 
 
-def receiver(tmp: Path, port: int) -> Daemon:
+def receiver(tmp: Path, port: int, processes: int = 1) -> Daemon:
     etc = base_config(tmp, users={"bob@dest.test": "x"}, local_domains=("dest.test",),
                       core_extra=LOG)
     (etc / "aliases").write_text("")
@@ -46,7 +46,7 @@ listeners:
     role: mx
     tls: starttls
     checks: false
-receive_processes: 1
+receive_processes: {processes}
 limits:
   max_connections_per_client: 500
 recipients:
@@ -114,7 +114,7 @@ asyncio.run(main())
 """
 
 
-def one_run(n: int, size: int, connections: int, tls: bool, sink: bool = False) -> float:
+def one_run(n: int, size: int, connections: int, tls: bool, sink: bool = False, processes: int = 1) -> float:
     import subprocess
 
     tmp = Path(tempfile.mkdtemp(prefix="postroom-bench-"))
@@ -127,7 +127,7 @@ def one_run(n: int, size: int, connections: int, tls: bool, sink: bool = False) 
             sink_proc = subprocess.Popen([sys.executable, "-c", SINK, str(port)])
             wait_for_port(port, host="127.0.0.3", proc=sink_proc)
         else:
-            rx = receiver(tmp / "rx", port)
+            rx = receiver(tmp / "rx", port, processes)
             rx.start()
             wait_for_port(port, host="127.0.0.3", proc=rx.proc)
         etc = sender(tmp / "tx", port, connections, tls)
@@ -171,15 +171,16 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tls", action="store_true", help="opportunistic STARTTLS (tls: may) instead of none")
     ap.add_argument("--sink", action="store_true", help="a counting asyncio sink instead of a postroom MTA")
+    ap.add_argument("--receive-processes", type=int, default=1, help="the receiving MTA's receive_processes")
     args = ap.parse_args()
     rates = []
     for i in range(args.runs):
-        rate = one_run(args.messages, args.size, args.connections, args.tls, args.sink)
+        rate = one_run(args.messages, args.size, args.connections, args.tls, args.sink, args.receive_processes)
         rates.append(rate)
         print(f"run {i + 1}: {rate:.0f} messages/s")
     print(f"median: {statistics.median(rates):.0f} messages/s "
           f"({args.messages} x {args.size} bytes, {args.connections} connections, tls={'may' if args.tls else 'none'}, "
-          f"destination: {'asyncio sink' if args.sink else 'postroom-mta'})")
+          f"destination: {'asyncio sink' if args.sink else f'postroom-mta, receive_processes={args.receive_processes}'})")
 
 
 if __name__ == "__main__":
