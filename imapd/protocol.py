@@ -482,7 +482,7 @@ class ImapConnection:
 def load_commands() -> None:
     """Import every command module so that its handlers register."""
     from .commands import any_state, auth, fetch, idle, mailboxes, messages, selected  # noqa: F401
-    from .commands import ext_quota, ext_sort  # noqa: F401
+    from .commands import ext_list, ext_quota, ext_sort  # noqa: F401
     from . import compress  # noqa: F401
 
 
