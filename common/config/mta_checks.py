@@ -88,7 +88,7 @@ class DmarcPolicy:
     quarantine: Literal["reject", "quarantine", "record"] = doc("what to do when the domain says p=quarantine: quarantine accepts and marks the message", default="quarantine")
     temperror: Action = doc("action when DNS failed while looking up the DMARC record", default="defer")
     quarantine_header: str = doc("header added to quarantined messages (value: dmarc) so a Sieve rule can file them", default="X-Postroom-Quarantine")
-    public_suffix_list: Path | None = doc("public suffix list for organizational domains; default: /usr/share/publicsuffix/public_suffix_list.dat if present, else the copy shipped with publicsuffix2", default=None)
+    public_suffix_list: Path | None = doc("public suffix list for organizational domains; default: /usr/share/publicsuffix/public_suffix_list.dat if present, else the copy shipped with the publicsuffixlist package", default=None)
 
 
 @dataclass(frozen=True)

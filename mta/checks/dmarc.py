@@ -95,14 +95,15 @@ class PublicSuffixList:
 
 @functools.lru_cache(maxsize=4)
 def load_public_suffix_list(path: Path | None = None) -> PublicSuffixList:
-    """The list at path; default: Debian's publicsuffix package, else publicsuffix2's copy."""
+    """The list at path; default: Debian's publicsuffix package, else the copy that
+    the publicsuffixlist package ships (maintained, released as the list changes)."""
     if path is None:
         if SYSTEM_PSL.exists():
             path = SYSTEM_PSL
         else:
-            import publicsuffix2
+            import publicsuffixlist
 
-            path = Path(publicsuffix2.__file__).parent / "public_suffix_list.dat"
+            path = Path(publicsuffixlist.__file__).parent / "public_suffix_list.dat"
     return PublicSuffixList(path.read_text(encoding="utf-8"))
 
 
