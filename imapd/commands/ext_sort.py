@@ -29,14 +29,20 @@ from ..search import CHARSETS, decoder_for
 from .selected import matching
 
 HEADER_LIMIT = 64 * 1024
+HEADER_STEP = 4096
 CACHE_LIMIT = 20000
 _cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _header_of(sel, uid: int) -> dict[str, bytes]:
     with sel.mailbox.open(uid) as f:
-        data = f.read(HEADER_LIMIT)
-    header, _body = split_header(data)
+        data = f.read(HEADER_STEP)
+        while len(data) < HEADER_LIMIT and b"\n\n" not in data and b"\n\r\n" not in data:
+            more = f.read(HEADER_STEP)
+            if not more:
+                break
+            data += more
+    header, _body = split_header(data[:HEADER_LIMIT])
     first: dict[str, bytes] = {}
     for name, value, _raw in parse_header_fields(header):
         first.setdefault(name, value)
