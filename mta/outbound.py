@@ -33,6 +33,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
 from common.log import get_logger
+from common.runner import sessions
 from common.smtp.client import (ClientOptions, Finished, Reply, SmtpClientConn, StartTls, Transaction,
                                 temp)
 
@@ -63,7 +64,13 @@ class _ClientProtocol(Protocol):
         self.on_lost = None
 
     def connectionMade(self):
+        sessions.add(self)      # a SIGTERM lets the transaction finish (graceful_shutdown)
         self._arm()
+
+    def graceful_shutdown(self):
+        """SIGTERM: an idle session says QUIT now; a busy one ends after its transaction."""
+        if self.conn.idle:
+            self.close()
 
     def _cancel_timer(self):
         if self.timer is not None and self.timer.active():
@@ -116,7 +123,8 @@ class _ClientProtocol(Protocol):
         self._write_output()
         if self.conn.finished is not None:
             self._cancel_timer()
-            if not (self.conn.idle and self.on_idle is not None and self.on_idle(self)):
+            if not (self.conn.idle and self.on_idle is not None and not sessions.stopping
+                    and self.on_idle(self)):
                 if self.conn.idle:
                     self.conn.quit()
                     self._write_output()
@@ -127,6 +135,7 @@ class _ClientProtocol(Protocol):
             self._arm()
 
     def connectionLost(self, reason):
+        sessions.remove(self)
         self._cancel_timer()
         if self.on_lost is not None:
             self.on_lost(self)

@@ -63,6 +63,7 @@ log = get_logger("mta.queue")
 
 MAX_RCPTS_PER_TRANSACTION = 100
 IO_THREADS = 8
+IO_DRAIN = 10.0                  # seconds a stop waits for spool writes in flight
 CACHE_LIMIT = 64 * 1024          # messages up to this size are kept in memory while active
 FLUSH_FLAG = ".flush"           # in maildrop/, so that any local user can ask (sendmail -q)
 
@@ -133,6 +134,7 @@ class QueueManager(Service):
         self._pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name="postroom-queue-io")
         self._applying: set[str] = set()
         self.loading: set[str] = set()              # queue ids being read in the I/O pool
+        self._io_pending = 0
         self.cache = ConnectionCache(reactor, self.qcfg.max_per_destination)
 
     # --- service ----------------------------------------------------------
@@ -168,18 +170,24 @@ class QueueManager(Service):
         self._loop.start(1.0, now=False)
         self.nudge()
 
+    @defer.inlineCallbacks
     def stopService(self):
+        """Stop scanning; let spool writes in flight (and what they lead to: a
+        message's final records, its removal) finish, for at most IO_DRAIN seconds."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self.cache.close_all()
+        deadline = time.monotonic() + IO_DRAIN
+        while self._io_pending and time.monotonic() < deadline:
+            yield task.deferLater(self.reactor, 0.02, lambda: None)
         if self._pool.started:
-            self._pool.stop()   # waits for writes in flight
+            self._pool.stop()
         if self._notifier is not None:
             try:
                 self._notifier.loseConnection()
             except Exception:
                 pass
-        return super().stopService()
+        yield super().stopService()
 
     def _maildrop_permissions(self) -> None:
         """maildrop/ like /tmp without listing: anyone (or maildrop_group) may drop a
@@ -232,6 +240,10 @@ class QueueManager(Service):
             log.info("no inotify ({why}); scanning every second", why=str(e))
 
     def _periodic(self):
+        from common.runner import sessions
+
+        if sessions.stopping:
+            return
         try:
             self._scan_fresh()
             now = time.time()
@@ -256,8 +268,10 @@ class QueueManager(Service):
         self._scan_deferred(True)
 
     def _scan_fresh(self):
+        from common.runner import sessions
+
         self._scan_pending = False
-        if not self.running:
+        if not self.running or sessions.stopping:
             return
         try:
             self._check_flush()
@@ -453,7 +467,14 @@ class QueueManager(Service):
     # --- finishing a message ------------------------------------------------
 
     def _thread(self, f, *args):
-        return deferToThreadPool(self.reactor, self._pool, f, *args)
+        self._io_pending += 1
+        d = deferToThreadPool(self.reactor, self._pool, f, *args)
+        d.addBoth(self._io_done)
+        return d
+
+    def _io_done(self, result):
+        self._io_pending -= 1
+        return result
 
     def _flush(self, msg: ActiveMessage, after=None, on_done=None) -> None:
         """Append msg's new status records durably, in the I/O pool; then run after()
@@ -564,6 +585,10 @@ class QueueManager(Service):
         dest.waiting.append(job)
 
     def _pump(self) -> None:
+        from common.runner import sessions
+
+        if sessions.stopping:
+            return      # SIGTERM: no new deliveries; the messages wait in active/ for the next start
         now = time.time()
         for key, dest in list(self.dests.items()):
             while dest.waiting:

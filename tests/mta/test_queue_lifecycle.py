@@ -244,3 +244,25 @@ queue:
         q.stop()
         if b is not None:
             b.stop()
+
+
+def test_sigterm_lets_a_delivery_in_flight_finish(tmp_path):
+    with Sink("127.0.0.3", data_delay=1.5) as sink:
+        etc = mta_config(tmp_path, f"""
+            transports:
+              "*": "smtp:[127.0.0.3]:{sink.port}"
+            tls: none
+        """)
+        spool = tmp_path / "spool"
+        q = start_queue(etc)
+        try:
+            qid = spool_message(spool, "alice@example.test", ["bob@remote.test"])
+            wait_for(lambda: sink.connections, 10, what="the delivery to start")
+            time.sleep(0.3)
+            q.signal(signal.SIGTERM)
+            assert q.proc.wait(20) == 0
+            assert len(sink.messages) == 1                     # finished, not cut off
+            assert qid not in spool_files(spool, "active")     # and recorded as done
+            assert "1 in flight" in q.output()
+        finally:
+            q.stop()
