@@ -8,6 +8,7 @@ postroom-sendmail's rules. See docs/queue.md for the whole picture.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,9 @@ from .core import doc
 from .loader import Duration
 
 TlsLevel = Literal["none", "may", "encrypt", "verify"]
+
+# smtp:[host]:port, smtp:host[:port], smtp:, local:  (parsed in mta/queue/routing.py)
+_TRANSPORT = re.compile(r"(?:smtp:(?:\[[^\]\s]+\](?::\d{1,5})?|[^\[\]:\s]+(?::\d{1,5})?)?|local:)", re.I)
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class QueueConfig:
     max_lifetime: Duration = doc("after this long in the queue the remaining recipients bounce", default=Duration(5 * 86400))
     bounce_lifetime: Duration = doc("lifetime of bounces (null sender); dropped with a log line after it", default=Duration(5 * 86400))
     delay_warning: Duration = doc("send an RFC 3464 delay notice once a message waited this long; 0 = never", default=Duration(4 * 3600))
-    scan_interval: Duration = doc("how often deferred/ and the hand-off answers are scanned (fresh mail needs no scan)", default=Duration(10))
+    scan_interval: Duration = doc("how often deferred/ is scanned for messages due for a retry (fresh mail needs no scan)", default=Duration(10))
     max_connections: int = doc("outbound SMTP connections in total", default=100)
     max_per_destination: int = doc("outbound SMTP connections per destination (domain or relay host)", default=20)
     max_active: int = doc("messages held in memory by the scheduler at once", default=2000)
@@ -87,5 +91,9 @@ class QueueConfig:
             raise ValueError("max_connections, max_per_destination and max_active must be at least 1")
         if self.retry_first <= 0:
             raise ValueError("retry_first must be more than 0")
+        for key, value in self.transports.items():
+            if not _TRANSPORT.fullmatch(value.strip()):
+                raise ValueError(f"transports: {key}: {value!r} is not smtp:[host]:port, smtp:host[:port], "
+                                 "smtp: or local:")
         object.__setattr__(self, "transports", {k.lower().rstrip(".") if k != "*" else k: v
                                                 for k, v in self.transports.items()})

@@ -61,3 +61,11 @@ def test_credentials_file(tmp_path):
     c.load()
     assert c.error and "readable or writable by others" in c.error
     assert c.lookup(NextHop("smtp", "relay.test", 587, False)) is None
+
+
+def test_bad_transport_is_a_configuration_error():
+    for bad in ("relay.example.org", "lmtp:[x]", "smtp:[x]:port"):
+        with pytest.raises(ValueError, match="transports"):
+            QueueConfig(transports={"example.org": bad})
+    with pytest.raises(ValueError):
+        QueueConfig(max_per_destination=0)
