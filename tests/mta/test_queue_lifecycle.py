@@ -266,3 +266,35 @@ def test_sigterm_lets_a_delivery_in_flight_finish(tmp_path):
             assert "1 in flight" in q.output()
         finally:
             q.stop()
+
+
+def test_with_the_real_mda_a_local_failure_bounces_back_into_the_senders_mailbox(tmp_path):
+    """The hand-off contract with a running postroom-mda: bob gets the message, the
+    unknown local recipient is bounced by the MDA, and the queue manager's RFC 3464
+    bounce is itself handed to the MDA and lands in alice's INBOX."""
+    from tests.mda.mda_support import folder_files
+    from tests.support import Daemon
+
+    etc = mta_config(tmp_path, "tls: none\nscan_interval: 0.5s")
+    (etc / "mda.yaml").write_text("consumer:\n  enabled: true\n  scan_interval: 1s\n")
+    spool = tmp_path / "spool"
+    Spool(spool, create=True)
+    q = start_queue(etc)
+    mda = Daemon("mda.main", etc).start()
+    try:
+        qid = spool_message(spool, "alice@example.test",
+                            [Recipient("bob@example.test", mailbox="bob@example.test"),
+                             Recipient("nobody@example.test")])
+        wait_for(lambda: folder_files(tmp_path, "INBOX", "bob"), 30, what="bob's copy")
+        (bounce,) = wait_for(lambda: folder_files(tmp_path, "INBOX", "alice"), 30, what="the bounce in alice's INBOX")
+        dsn = email.message_from_bytes(bounce.read_bytes(), policy=email.policy.default)
+        status = _status_part(dsn)
+        assert dsn.get_content_type() == "multipart/report"
+        assert "Final-Recipient: rfc822; nobody@example.test" in status and "Action: failed" in status
+        assert "Status: 5." in status and "bob@example.test" not in status
+        wait_for(lambda: not any(spool_files(spool, d) for d in ("incoming", "active", "deferred", "mda", "mda-done")),
+                 20, what="an empty queue")
+        assert qid
+    finally:
+        mda.stop()
+        q.stop()
