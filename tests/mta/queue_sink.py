@@ -32,7 +32,7 @@ class Received:
 
 @dataclass
 class SinkOptions:
-    greeting: str = "220 sink.example ESMTP"
+    greeting: str = "220 sink.example ESMTP"      # "" = say nothing at all
     extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "SIZE 10485760", "DSN", "SMTPUTF8", "ENHANCEDSTATUSCODES")
     certfile: str | None = None
     keyfile: str | None = None
@@ -48,6 +48,8 @@ class Sink:
         self.options = SinkOptions(**opts)
         self.messages: list[Received] = []
         self.connections = 0
+        self.concurrent = 0
+        self.max_concurrent = 0
         self.lock = threading.Lock()
         sink = self
 
@@ -57,10 +59,15 @@ class Sink:
             def handle(self):
                 with sink.lock:
                     sink.connections += 1
+                    sink.concurrent += 1
+                    sink.max_concurrent = max(sink.max_concurrent, sink.concurrent)
                 try:
                     sink._session(self.request)
                 except (OSError, ValueError, ssl.SSLError):
                     pass
+                finally:
+                    with sink.lock:
+                        sink.concurrent -= 1
 
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
@@ -100,6 +107,9 @@ class Sink:
         def send(line: str) -> None:
             sock.sendall(line.encode() + b"\r\n")
 
+        if not o.greeting:
+            f.readline()     # silent: wait until the client gives up
+            return
         send(o.greeting)
         if not o.greeting.startswith("220"):
             return

@@ -1,0 +1,52 @@
+"""Outbound limits: connections per destination, and the RFC 5321 greeting timeout
+moving on to the next host."""
+
+from __future__ import annotations
+
+from tests.support import wait_for
+
+from .queue_sink import Sink, mta_config, spool_files, spool_message, start_queue
+
+
+def test_connections_per_destination_are_limited(tmp_path):
+    with Sink("127.0.0.3", data_delay=0.3) as sink:
+        etc = mta_config(tmp_path, f"""
+            transports:
+              "*": "smtp:[127.0.0.3]:{sink.port}"
+            tls: none
+            max_per_destination: 2
+        """)
+        spool = tmp_path / "spool"
+        for i in range(8):
+            spool_message(spool, "alice@example.test", [f"r{i}@remote.test"])
+        q = start_queue(etc)
+        try:
+            sink.wait_for(8, timeout=30)
+            assert sink.max_concurrent == 2
+            assert sink.connections == 2          # and both sessions were reused
+        finally:
+            q.stop()
+
+
+def test_silent_server_times_out_and_the_next_host_is_tried(tmp_path):
+    from tests.support.dnsserver import DnsServer
+
+    with Sink("127.0.0.3", greeting="") as silent, Sink("127.0.0.4", port=silent.port) as good, \
+            DnsServer({"two.test": {"MX": [[10, "a.two.test"], [20, "b.two.test"]]},
+                       "a.two.test": {"A": ["127.0.0.3"]}, "b.two.test": {"A": ["127.0.0.4"]}}) as dns:
+        etc = mta_config(tmp_path, f"""
+            smtp_port: {silent.port}
+            tls: none
+            timeouts:
+              greeting: 1s
+        """, f"dns:\n  nameservers: [127.0.0.1]\n  port: {dns.port}\n")
+        spool = tmp_path / "spool"
+        qid = spool_message(spool, "alice@example.test", ["x@two.test"])
+        q = start_queue(etc)
+        try:
+            (got,) = good.wait_for(1, timeout=20)
+            assert got.recipients == ["x@two.test"] and silent.connections == 1
+            assert "a.two.test[127.0.0.3] said 451 4.4.2 timeout while in greeting" in q.output()
+            wait_for(lambda: qid not in spool_files(spool, "active"), 10, what="done")
+        finally:
+            q.stop()
