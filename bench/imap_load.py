@@ -345,7 +345,7 @@ async def _prefill(a) -> None:
             await c.cmd("APPEND INBOX (\\Seen)", make_message(k, rng, time.time()))
         await c.cmd("LOGOUT")
         await c.close()
-    await asyncio.gather(*(one(i) for i in range(a.clients)))
+    await _gather_bounded([one(i) for i in range(a.clients)])
 
 
 async def t_mixed(a) -> dict:
@@ -463,6 +463,8 @@ def start_sandbox(a):
     tmp = Path(tempfile.mkdtemp(prefix="imap-bench-"))
     users = {a.user_format.format(n=i): a.password for i in range(max(a.clients, 1) + 3)}
     etc = base_config(tmp, users=users)
+    core = etc / "postroom.yaml"  # many clients of one address log in at once here
+    core.write_text(core.read_text().replace("auth:\n", "auth:\n  max_logins_in_progress: 1000\n", 1))
     port = free_port()
     (etc / "imapd.yaml").write_text(f"""\
 listeners:
