@@ -268,6 +268,25 @@ def spool_files(spool_root, queue: str) -> list[str]:
         return []
 
 
+def receiving_mta_yaml(host: str, port: int, extra: str = "") -> str:
+    """mta.yaml of a receiving postroom-mta: an mx listener with STARTTLS and no
+    checks; its own remote mail (bounces) waits in deferred/ (nothing on port 1)."""
+    return f"""\
+listeners:
+  mx:
+    endpoint: tcp:{port}:interface={host}
+    role: mx
+    tls: starttls
+    checks: false
+receive_processes: 1
+recipients:
+  aliases_file: aliases
+queue:
+  transports:
+    "*": "smtp:[127.0.0.1]:1"
+{extra}"""
+
+
 class PostroomMta:
     """A whole postroom-mta (python -m mta.main) on one loopback address."""
 

@@ -199,7 +199,7 @@ def test_sigkill_mid_delivery_then_restart_delivers_nothing_twice(tmp_path):
 def test_destination_down_is_backed_off_as_a_whole_then_postroom_receives(tmp_path):
     """Several messages for a destination that is down: one connection attempt, the
     rest deferred without connecting; once a postroom-mta listens there, all arrive."""
-    from .queue_sink import PostroomMta
+    from .queue_sink import PostroomMta, receiving_mta_yaml
 
     port = free_port("127.0.0.3")
     etc = mta_config(tmp_path / "a", f"""
@@ -221,20 +221,8 @@ def test_destination_down_is_backed_off_as_a_whole_then_postroom_receives(tmp_pa
         log = q.output()
         assert log.count(f"connect to 127.0.0.3[127.0.0.3]:{port} failed") == 1, log
         assert log.count(f"delivery to [127.0.0.3]:{port} deferred") == 2, log
-        b = PostroomMta(tmp_path / "b", "127.0.0.3", ["dest.test"], {"bob@dest.test": "pw"}, f"""\
-listeners:
-  mx:
-    endpoint: tcp:{port}:interface=127.0.0.3
-    role: mx
-    tls: starttls
-    checks: false
-receive_processes: 1
-recipients:
-  aliases_file: aliases
-queue:
-  transports:
-    "*": "smtp:[127.0.0.1]:1"
-""").start(port)
+        b = PostroomMta(tmp_path / "b", "127.0.0.3", ["dest.test"], {"bob@dest.test": "pw"},
+                        receiving_mta_yaml("127.0.0.3", port)).start(port)
         got = wait_for(lambda: len([f for f in b.files() if f.envelope.sender == "alice@example.test"]) == 3
                        and b.files(), 30, what="three messages at the postroom MTA")
         assert all(f.envelope.tls_version for f in got if f.envelope.sender)

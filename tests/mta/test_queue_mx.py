@@ -15,7 +15,7 @@ import pytest
 from tests.support import free_port, require, require_tool, wait_for
 from tests.support.dnsserver import DnsServer
 
-from .queue_sink import PostroomMta, Sink, submit
+from .queue_sink import PostroomMta, Sink, receiving_mta_yaml, submit
 
 BIN = Path(sys.executable).parent
 ALICE = "alice@example.test"
@@ -47,20 +47,8 @@ def world(tmp_path_factory):
         "broken.test": "servfail",
     })
     dns = DnsServer(records).start()
-    b = PostroomMta(tmp / "b", "127.0.0.3", ["dest.test"], {"bob@dest.test": "postroom"}, f"""\
-listeners:
-  mx:
-    endpoint: tcp:{port}:interface=127.0.0.3
-    role: mx
-    tls: starttls
-    checks: false
-receive_processes: 1
-recipients:
-  aliases_file: aliases
-queue:
-  transports:
-    "*": "smtp:[127.0.0.1]:1"
-""")
+    b = PostroomMta(tmp / "b", "127.0.0.3", ["dest.test"], {"bob@dest.test": "postroom"},
+                    receiving_mta_yaml("127.0.0.3", port))
     a = PostroomMta(tmp / "a", "127.0.0.2", ["example.test"], {ALICE: "postroom"}, f"""\
 listeners:
   submission:
