@@ -277,7 +277,7 @@ class QueueManager(Service):
             self._check_flush()
             self._apply_mda_results()
             if self.pickup is not None:
-                self.pickup.run(self.signer)
+                self.pickup.run()
             for qid in self.spool.list("incoming"):
                 if self._full():
                     break

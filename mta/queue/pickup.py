@@ -81,7 +81,7 @@ class Pickup:
                           original=r.address if t.address != r.address else None,
                           mailbox=t.mailbox, folder=t.folder) for t in targets]
 
-    def run(self, signer=None, limit: int = 500) -> int:
+    def run(self, limit: int = 500) -> int:
         """Pick up at most `limit` files; returns how many were queued."""
         n = 0
         for name in self.spool.list("maildrop")[:limit]:
