@@ -126,16 +126,28 @@ def sent_date(value: bytes | None, fallback: float) -> float:
     return fallback
 
 
-def fields_of(seq: int, uid: int, arrival: float, size: int, get) -> SortFields:
+#: What fields_of can compute; THREAD stands for Message-ID and References.
+FIELD_GROUPS = frozenset({"SUBJECT", "DATE", "FROM", "TO", "CC", "THREAD"})
+
+
+def fields_of(seq: int, uid: int, arrival: float, size: int, get, wanted=FIELD_GROUPS) -> SortFields:
     """SortFields from a header: `get(name: bytes) -> bytes | None` gives the first
-    value of a field (lower-case name)."""
-    subject, is_reply = base_subject(decode_header_text(get(b"subject") or b""))
-    refs = message_ids(get(b"references"))
-    if not refs:
-        refs = message_ids(get(b"in-reply-to"))[:1]
-    mid = message_ids(get(b"message-id"))
-    return SortFields(seq, uid, arrival, size, sent_date(get(b"date"), arrival), subject, is_reply,
-                      _first_mailbox(get(b"from")), _first_mailbox(get(b"to")), _first_mailbox(get(b"cc")),
+    value of a field (lower-case name). Only the `wanted` groups are computed (the
+    others keep their empty defaults): parsing addresses is the costly part."""
+    subject, is_reply = base_subject(decode_header_text(get(b"subject") or b"")) \
+        if "SUBJECT" in wanted or "THREAD" in wanted else ("", False)
+    refs: list[str] = []
+    mid: list[str] = []
+    if "THREAD" in wanted:
+        refs = message_ids(get(b"references"))
+        if not refs:
+            refs = message_ids(get(b"in-reply-to"))[:1]
+        mid = message_ids(get(b"message-id"))
+    date = sent_date(get(b"date"), arrival) if "DATE" in wanted or "THREAD" in wanted else arrival
+    return SortFields(seq, uid, arrival, size, date, subject, is_reply,
+                      _first_mailbox(get(b"from")) if "FROM" in wanted else "",
+                      _first_mailbox(get(b"to")) if "TO" in wanted else "",
+                      _first_mailbox(get(b"cc")) if "CC" in wanted else "",
                       mid[0] if mid else "", tuple(refs))
 
 

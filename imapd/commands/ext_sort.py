@@ -16,13 +16,14 @@ hostile and handled by `imapd.sort`.
 
 from __future__ import annotations
 
+import re
 import weakref
 
 from common.storage import StorageError
 
 from .. import sort as sorting
 from .. import thread as threading
-from ..mime import parse_header_fields, split_header
+from ..mime import split_header
 from ..parser import ParseError
 from ..protocol import SELECTED, Done, No, advertise, command
 from ..search import CHARSETS, decoder_for
@@ -34,7 +35,21 @@ CACHE_LIMIT = 20000
 _cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _header_of(sel, uid: int) -> dict[str, bytes]:
+#: The header fields SORT and THREAD look at.
+FIELDS = (b"subject", b"from", b"to", b"cc", b"date", b"message-id", b"references", b"in-reply-to")
+_FIELD_RE = re.compile(rb"^(" + b"|".join(FIELDS) + rb")[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
+_FOLD_RE = re.compile(rb"\r?\n(?=[ \t])")
+
+
+def header_values(header: bytes) -> dict[bytes, bytes]:
+    """The first value of each of FIELDS in a message header, unfolded."""
+    out: dict[bytes, bytes] = {}
+    for m in _FIELD_RE.finditer(header):
+        out.setdefault(m.group(1).lower(), _FOLD_RE.sub(b"", m.group(2)).strip())
+    return out
+
+
+def _read_header(sel, uid: int) -> dict[bytes, bytes]:
     with sel.mailbox.open(uid) as f:
         data = f.read(HEADER_STEP)
         while len(data) < HEADER_LIMIT and b"\n\n" not in data and b"\n\r\n" not in data:
@@ -43,39 +58,30 @@ def _header_of(sel, uid: int) -> dict[str, bytes]:
                 break
             data += more
     header, _body = split_header(data[:HEADER_LIMIT])
-    first: dict[str, bytes] = {}
-    for name, value, _raw in parse_header_fields(header):
-        first.setdefault(name, value)
-    return first
+    return header_values(header)
 
 
-def sort_fields(conn, pairs) -> list[sorting.SortFields]:
-    """SortFields of the (seq, uid) pairs; unreadable (expunged) messages are left out."""
+def sort_fields(conn, pairs, wanted=sorting.FIELD_GROUPS) -> list[sorting.SortFields]:
+    """SortFields of the (seq, uid) pairs; unreadable (expunged) messages are left
+    out. The few header values needed are kept per selected mailbox (bounded)."""
     sel = conn.selected
     cache = _cache.setdefault(sel, {})
     out = []
     for seq, uid in pairs:
-        f = cache.get(uid)
-        if f is None:
-            msg = sel.message(uid)
-            if msg is None:
-                continue
+        header = cache.get(uid)
+        msg = sel.message(uid)
+        if msg is None:
+            continue
+        if header is None:
             try:
-                header = _header_of(sel, uid)
+                header = _read_header(sel, uid)
             except StorageError as e:
                 conn.log.debug("sort skipped UID {uid}: {error!r}", uid=uid, error=e)
                 continue
-            f = sorting.fields_of(0, uid, msg.internaldate, msg.vsize,
-                                  lambda name, h=header: h.get(name.decode()))
             if len(cache) < CACHE_LIMIT:
-                cache[uid] = f
-        out.append(f if f.seq == seq else _with_seq(f, seq))
+                cache[uid] = header
+        out.append(sorting.fields_of(seq, uid, msg.internaldate, msg.vsize, header.get, wanted))
     return out
-
-
-def _with_seq(f: sorting.SortFields, seq: int) -> sorting.SortFields:
-    from dataclasses import replace
-    return replace(f, seq=seq)
 
 
 def _charset_and_program(r):
@@ -92,7 +98,7 @@ def _sort(conn, tag, r, uid_mode: bool):
     r.sp()
     criteria = sorting.parse_criteria(r)
     program = _charset_and_program(r)
-    items = sort_fields(conn, matching(conn, program))
+    items = sort_fields(conn, matching(conn, program), {key for key, _reverse in criteria})
     ordered = sorting.sort_messages(items, criteria)
     conn.send(b"* SORT" + b"".join(b" %d" % (f.uid if uid_mode else f.seq) for f in ordered) + b"\r\n")
     return Done("Sort completed")

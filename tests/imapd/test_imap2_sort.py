@@ -7,6 +7,8 @@ import imaplib
 
 import pytest
 
+import imapd.protocol  # noqa: F401 -- loads imapd.commands in its order
+from imapd.commands.ext_sort import header_values
 from imapd.sort import SortFields, base_subject, fields_of, sort_messages
 from imapd.thread import references, render, ordered_subject
 
@@ -202,3 +204,9 @@ def test_bad_sort_and_thread_arguments(box):
             box._simple_command(*args)
     typ, data = box._simple_command("SORT", "(DATE)", "KOI8-R", "ALL")
     assert typ == "NO" and b"BADCHARSET" in data[0]
+
+
+def test_header_values_unfolds_and_takes_the_first():
+    header = (b"Received: from x\r\n\tsubject: not this\r\nSubject: first\r\n part\r\nsubject: second\r\n"
+              b"FROM:  a@b.test\nReferences: <1@x>\n\t<2@x>\nX-To: no\r\n\r\n")
+    assert header_values(header) == {b"subject": b"first part", b"from": b"a@b.test", b"references": b"<1@x>\t<2@x>"}
