@@ -253,9 +253,10 @@ async def t_select(a) -> dict:
 async def t_envelope(a) -> dict:
     c = await Client.connect(a.host, a.port)
     await c.login(a.user_format.format(n=0), a.password)
-    await c.cmd(f"EXAMINE {a.mailbox}")
+    got = await c.cmd(f"EXAMINE {a.mailbox}")
+    exists = next((int(x.split()[1]) for x in got if x.endswith(b"EXISTS\r\n")), 0)
     t0 = time.perf_counter()
-    lines = await c.cmd("FETCH 1:1000 (ENVELOPE BODYSTRUCTURE)")
+    lines = await c.cmd(f"FETCH 1:{min(1000, exists)} (ENVELOPE BODYSTRUCTURE)")
     t1 = time.perf_counter()
     await c.cmd("LOGOUT")
     await c.close()
