@@ -97,7 +97,9 @@ def references(items: list[SortFields]) -> list[Node]:
     roots = [n for n in table.values() if n.parent is None]
     # (4) prune dummies
     roots = _prune(roots)
-    # (5) gather roots with the same base subject
+    # (5) gather roots with the same base subject, taking the roots in sent-date order
+    # (the RFC leaves the order open; this is Dovecot's, so the answers agree)
+    _sort_tree(roots)
     roots = _gather_by_subject(roots)
     # (6) sort siblings by sent date
     _sort_tree(roots)
