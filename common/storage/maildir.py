@@ -466,11 +466,14 @@ class MailStore:
 
     def deliver(self, message: bytes, mailbox: str = INBOX, *, flags: Iterable[str] = (), create: bool = False,
                 quota: tuple[int | None, int | None] | None = None, quota_temporary: bool = False,
-                unique: str | None = None) -> str:
+                unique: str | None = None, sync_dir: bool = True) -> str:
         """Lock-free maildir delivery; returns the file name once it is durable.
 
         tmp/ under a unique name, fsync, rename into new/ (or cur/ with flags), fsync
-        the directory. `unique` makes the base name deterministic (exactly-once)."""
+        the directory. `unique` makes the base name deterministic (exactly-once).
+        With sync_dir=False the directory is not fsync'd: the caller must fsync
+        `delivery_dir(mailbox, name)` before telling anyone the message is safe
+        (group commit of several deliveries)."""
         name = self._validate(mailbox)
         if unique is not None and not _UNIQUE_RE.fullmatch(unique):
             raise StorageError(f"bad unique delivery name {unique!r}", temporary=False)
@@ -491,15 +494,19 @@ class MailStore:
         letters = _flag_letters(flags)
         subdir, final = ("cur", f"{base}:2,{letters}") if letters else ("new", base)
         try:
-            self._write_into(self.mailbox_path(name), base, final, subdir, message)
+            self._write_into(self.mailbox_path(name), base, final, subdir, message, sync_dir=sync_dir)
         except OSError as e:
             raise _wrap_os_error(e, f"delivering to {name}") from e
         if quota is not None or self.quota.path.exists():
             self.quota.add(size, 1)
         return final
 
+    def delivery_dir(self, mailbox: str, name: str) -> Path:
+        """The folder (new/ or cur/) that deliver() put the file name into."""
+        return self.mailbox_path(self._validate(mailbox)) / ("cur" if ":2," in name else "new")
+
     def _write_into(self, mbox_path: Path, tmp_name: str, final: str, subdir: str, data: bytes,
-                    mtime: float | None = None) -> None:
+                    mtime: float | None = None, sync_dir: bool = True) -> None:
         """Write data durably into mbox_path/subdir/final via tmp/, using descriptors
         opened without following symlinks."""
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -531,7 +538,8 @@ class MailStore:
                 raise
             os.close(fd)
             os.rename(tmp_name, final, src_dir_fd=tmp_fd, dst_dir_fd=dst_fd)
-            os.fsync(dst_fd)
+            if sync_dir:
+                os.fsync(dst_fd)
         finally:
             os.close(tmp_fd)
             os.close(dst_fd)
