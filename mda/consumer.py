@@ -4,7 +4,8 @@ The queue manager writes mda/<handoff_id> (a `common.spool.Handoff`: which local
 recipients of which spool file). For each one the consumer:
 
 1. delivers every listed recipient with `mda.delivery` (in a thread pool, so the
-   fsync waits of several hand-offs overlap);
+   fsync waits of several hand-offs overlap); a worker delivers a batch of
+   hand-offs, then fsyncs each maildir folder they wrote once;
 2. writes mda-done/<handoff_id> with one `HandoffResult` per recipient, durably;
 3. only then removes mda/<handoff_id>.
 
@@ -79,6 +80,7 @@ class HandoffProcessor:
         (group commit), then remove them all with one more."""
         answers: dict[str, list[HandoffResult]] = {}
         finished: list[str] = []
+        folders: set = set()   # maildir folders written, fsync'd once each below
         crash_point("start")
         for hid in handoff_ids:
             if self.spool.path("mda-done", hid).exists():
@@ -87,7 +89,9 @@ class HandoffProcessor:
             handoff = self._read(hid)
             if handoff is None:
                 continue
-            answers[hid] = self.deliver_all(handoff, hid in retry)
+            answers[hid] = self.deliver_all(handoff, hid in retry, folders)
+        for folder in folders:
+            fsync_dir(folder)   # every delivery of the batch is on disk before any answer
         crash_point("before_results")
         if answers:
             for hid, results in answers.items():
@@ -120,7 +124,9 @@ class HandoffProcessor:
             self.spool.move(handoff_id, "mda", "corrupt")
             return None
 
-    def deliver_all(self, handoff: Handoff, retry: bool) -> list[HandoffResult]:
+    def deliver_all(self, handoff: Handoff, retry: bool, folders: set | None = None) -> list[HandoffResult]:
+        """Deliver every listed recipient. With folders (a set) the maildir folders
+        written are added there, not fsync'd: the caller fsyncs them before answering."""
         try:
             sf = parse(Path(handoff.spool_path))
             message = sf.read_message()
@@ -137,7 +143,8 @@ class HandoffProcessor:
             rcpt = env.recipients[index]
             req = DeliveryRequest(
                 message=message, sender=env.sender, recipient=rcpt.address, user=rcpt.mailbox,
-                detail=rcpt.folder, original_recipient=rcpt.original, unique=f"{handoff.handoff_id}.{index}", retry=retry, trace_id=env.trace_id)
+                detail=rcpt.folder, original_recipient=rcpt.original, unique=f"{handoff.handoff_id}.{index}", retry=retry, trace_id=env.trace_id,
+                sync_dirs=folders)
             try:
                 report = self.deliverer.deliver(req)
             except MailError as e:
@@ -232,6 +239,10 @@ class SpoolConsumer(Service):
         log.failure("hand-offs {hids} not finished; will retry", failure, hids=" ".join(batch[:5]))
 
     def _done(self, _result, batch: list[str]) -> None:
+        before = len(self.in_flight)
         self.in_flight.difference_update(batch)
-        if self.running and len(self.in_flight) < self.workers * BATCH:
+        # Refill when falling below half of the limit (a scan lists mda/; doing it
+        # after every batch cost more CPU than the deliveries with a long queue).
+        # New hand-offs are noticed by the watcher in any case.
+        if self.running and len(self.in_flight) < self.workers * BATCH <= before:
             self.scan()

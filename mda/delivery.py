@@ -64,6 +64,9 @@ class DeliveryRequest:
     unique: str | None = None           # exactly-once base name (spool consumer)
     retry: bool = False                 # an earlier attempt may have delivered part of it
     trace_id: str | None = None
+    #: when a set: the maildir folders are not fsync'd; each one written is added here
+    #: and the caller fsyncs them before acknowledging (group commit, spool consumer)
+    sync_dirs: set | None = None
 
 
 @dataclass
@@ -325,8 +328,7 @@ class Deliverer:
                 report.skipped.append(name)
                 report.mailboxes.append(name)
                 continue
-            store.deliver(data, name, flags=action.flags or (), create=name != "INBOX", quota=quota,
-                          quota_temporary=self.cfg.quota_temporary, unique=req.unique)
+            self._store(req, store, data, name, flags=action.flags or (), create=name != "INBOX", quota=quota)
             report.mailboxes.append(name)
         report.discarded = not result.deliveries and not redirects
 
@@ -339,8 +341,7 @@ class Deliverer:
                           rcpt=req.recipient, to=redirect.address, error=str(e))
                 report.sieve_errors.append(f"redirect to {redirect.address} failed")
                 if not report.mailboxes:
-                    store.deliver(data, "INBOX", quota=quota, quota_temporary=self.cfg.quota_temporary,
-                                  unique=req.unique)
+                    self._store(req, store, data, "INBOX", quota=quota)
                     report.mailboxes.append("INBOX")
                 continue
             report.redirects.append(redirect.address)
@@ -360,6 +361,15 @@ class Deliverer:
             except OSError as e:
                 log.error("duplicate tracking for {rcpt} not recorded: {error}", rcpt=req.recipient, error=str(e))
         return report
+
+    def _store(self, req: DeliveryRequest, store: MailStore, data: bytes, name: str, **kw) -> None:
+        """File data into folder name; durable at once, or, with req.sync_dirs, once the
+        caller fsyncs the folders collected there."""
+        grouped = req.sync_dirs is not None
+        final = store.deliver(data, name, quota_temporary=self.cfg.quota_temporary, unique=req.unique,
+                              sync_dir=not grouped, **kw)
+        if grouped:
+            req.sync_dirs.add(store.delivery_dir(name, final))
 
     def _usable_folder(self, store: MailStore, folder: str, create: bool, report: DeliveryReport) -> str:
         """The storage name to deliver into; INBOX when folder cannot be used."""
