@@ -37,7 +37,10 @@ def test_smtp_to_maildir_through_the_spool_consumer(tmp_path):
         def vacation_reply():
             for q in ("incoming", "active", "deferred"):
                 for qid in mta.spool.list(q):
-                    sf = parse(mta.spool.path(q, qid))
+                    try:
+                        sf = parse(mta.spool.path(q, qid))
+                    except FileNotFoundError:
+                        continue   # moved on between the listing and the read
                     if sf.envelope.sender == "" and [r.address for r in sf.envelope.recipients] == ["sender@remote.test"]:
                         return sf
             return None
