@@ -278,7 +278,7 @@ class QueueManager(Service):
             self._apply_mda_results()
             if self.pickup is not None:
                 self.pickup.run()
-            for qid in self.spool.list("incoming"):
+            for qid in self.spool.list("incoming") if not self._full() else ():
                 if self._full():
                     break
                 if qid not in self.active and qid not in self.loading:
