@@ -126,11 +126,18 @@ class SpoolWriter:
     def _stored(self, _result, queue_id: str) -> str:
         self.committed += 1
         if self.on_commit is not None:
-            try:
-                self.on_commit(1)
-            except Exception:
-                log.failure("on_commit failed")
+            # Not now: a call made here (even callLater(0)) runs before this reactor
+            # turn writes the 250 to the socket, so the queue manager's scan and file
+            # reads would sit in every client's latency. callFromThread queues it
+            # behind the next poll, which sends the replies first.
+            self.reactor.callFromThread(self._notify_commit)
         return queue_id
+
+    def _notify_commit(self) -> None:
+        try:
+            self.on_commit(1)
+        except Exception:
+            log.failure("on_commit failed")
 
     def _failed(self, failure: Failure):
         exc = failure.value
