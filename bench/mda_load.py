@@ -44,6 +44,9 @@ from common.spool import Envelope, Handoff, Recipient, Spool  # noqa: E402
 from tests.support import Daemon, wait_for  # noqa: E402
 from tests.support.config import base_config  # noqa: E402
 
+#: the consumer's worker threads (BENCH_WORKERS overrides)
+WORKERS = int(os.environ.get("BENCH_WORKERS", "8"))
+
 SCRIPT = 'require "fileinto";\nif header :contains "subject" "odd" { fileinto "Odd"; }\n'
 
 
@@ -67,6 +70,16 @@ def setup(tmp: Path, users: int, mda_yaml: str) -> tuple[Path, list[str]]:
     return etc, list(names)
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user + system, user) CPU seconds of a process (Linux; zeros elsewhere), for BENCH_VERBOSE."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / tick, int(fields[11]) / tick
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0.0
+
+
 def count_files(tmp: Path) -> int:
     n = 0
     for dirpath, _dirs, files in os.walk(tmp / "mail"):
@@ -78,7 +91,7 @@ def count_files(tmp: Path) -> int:
 def run_consumer(n: int, users: int) -> float:
     tmp = Path(tempfile.mkdtemp(prefix="mda-bench-"))
     try:
-        etc, names = setup(tmp, users, "consumer:\n  enabled: true\n  workers: 8\n")
+        etc, names = setup(tmp, users, f"consumer:\n  enabled: true\n  workers: {WORKERS}\n")
         spool = Spool(tmp / "spool")
         staging = tmp / "spool" / "staging"
         staging.mkdir()
@@ -93,12 +106,17 @@ def run_consumer(n: int, users: int) -> float:
         daemon = Daemon("mda.main", etc).start()
         try:
             time.sleep(3)   # let it start (no port to wait for)
+            cpu_before = cpu_seconds(daemon.proc.pid)
             start = time.perf_counter()
             for name in os.listdir(staging):
                 os.rename(staging / name, spool.dir("mda") / name)
             wait_for(lambda: not spool.list("mda") and len(spool.list("mda-done")) == n, timeout=300,
                      interval=0.01, what="every answer")
             elapsed = time.perf_counter() - start
+            if os.environ.get("BENCH_VERBOSE"):
+                total, user = (a - b for a, b in zip(cpu_seconds(daemon.proc.pid), cpu_before))
+                print(f"  consumer: {elapsed:.2f}s; daemon CPU {total * 1000 / n:.2f} ms per message "
+                      f"({user * 1000 / n:.2f} user, {(total - user) * 1000 / n:.2f} system)")
         finally:
             daemon.stop()
         assert count_files(tmp) == n, (count_files(tmp), n)
@@ -174,7 +192,7 @@ def run_e2e(n: int, users: int, sessions: int, receive_processes: int = 2) -> fl
             home = tmp / "mail" / "example.test" / name.split("@")[0]
             home.mkdir(parents=True, exist_ok=True)
             (home / ".sieve").write_text(SCRIPT)
-        (etc / "mda.yaml").write_text("consumer:\n  enabled: true\n  workers: 8\n")
+        (etc / "mda.yaml").write_text(f"consumer:\n  enabled: true\n  workers: {WORKERS}\n")
         mda = Daemon("mda.main", etc).start()
         try:
             time.sleep(3)
