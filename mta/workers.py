@@ -53,8 +53,28 @@ class AdoptedEndpoint:
             os.set_blocking(self.fd, False)  # shared by every process: never block in accept()
             port = self.reactor.adoptStreamPort(self.fd, family, factory)
             os.close(self.fd)  # adoptStreamPort keeps its own duplicate
+            _accept_few(port)
             return port
         return defer.execute(adopt)
+
+
+#: connections one process accepts per wakeup on a shared listening socket
+ACCEPTS_PER_WAKEUP = 1
+
+
+def _accept_few(port) -> None:
+    """Twisted's Port accepts up to 100 waiting connections per wakeup (and raises its
+    limit when it takes them all). On a socket the processes share, that lets the
+    first process to wake take a whole burst (20 clients connecting at once all went
+    to one process and one core). Resetting the limit before each read spreads a
+    burst over the processes."""
+    read = port.doRead
+
+    def do_read():
+        port.numberAccepts = ACCEPTS_PER_WAKEUP
+        return read()
+
+    port.doRead = do_read
 
 
 def adopt_listeners(parent, cfg, ctx, spec: str, reactor) -> None:
