@@ -14,10 +14,25 @@ characters gets into the header, so no client can inject a header line.
 from __future__ import annotations
 
 import re
+import time
 from email.utils import formatdate
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 _HEADER_END = re.compile(rb"\r\n\r\n")
+
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def _date(when: float | None) -> str:
+    """formatdate(when, localtime=True), computed once per second: it has no finer
+    resolution, and building it cost as much as the rest of the header."""
+    global _last_date
+    second = int(time.time() if when is None else when)
+    cached = _last_date
+    if cached[0] != second:
+        cached = _last_date = (second, formatdate(second, localtime=True))
+    return cached[1]
 
 
 def protocol_name(esmtp: bool, tls: bool, auth: bool, smtputf8: bool, lmtp: bool = False) -> str:
@@ -46,7 +61,7 @@ def received_header(hostname: str, queue_id: str, protocol: str, helo: str | Non
     if tls is not None:
         lines.append(f"\ttls {_safe(tls[1], 100)} ({_safe(tls[0], 20)})")
     lines[-1] += ";"
-    lines.append("\t" + formatdate(when, localtime=True))
+    lines.append("\t" + _date(when))
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
@@ -68,7 +83,7 @@ def submission_headers(message: bytes, hostname: str, queue_id: str, when: float
     head = b"\r\n" + header_section(message).lower()
     out = b""
     if b"\r\ndate:" not in head:
-        out += b"Date: " + formatdate(when, localtime=True).encode() + b"\r\n"
+        out += b"Date: " + _date(when).encode() + b"\r\n"
     if b"\r\nmessage-id:" not in head:
         out += b"Message-ID: <%s@%s>\r\n" % (queue_id.encode(), _safe(hostname).encode())
     return out
