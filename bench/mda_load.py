@@ -16,7 +16,8 @@ subject matches, which it does for half of the messages). Messages are 2 KB.
    time runs from the first connect to the last reply. Target: at least 1,000/s.
 3. end to end (--only e2e, or with the others): a real postroom-mta and postroom-mda;
    --smtp-sessions SMTP sessions (smtplib) send --messages messages to local users
-   (the MTA with --receive-processes receiving processes and its default checks);
+   (the MTA with --receive-processes receiving processes, an mx listener with
+   checks off as for the SMTP target, or with --checks its default listeners);
    the time runs from the first connect until the last file is in a maildir.
    Target: at least 1,200/s with 20 sessions.
 
@@ -175,13 +176,18 @@ def run_lmtp(n: int, users: int, sessions: int) -> float:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_e2e(n: int, users: int, sessions: int, receive_processes: int = 2) -> float:
+def run_e2e(n: int, users: int, sessions: int, receive_processes: int = 2, checks: bool = False) -> float:
     import smtplib
 
     from tests.mta.smtpd_fixture import start_mta
     tmp = Path(tempfile.mkdtemp(prefix="mda-bench-"))
     try:
-        mta = start_mta(tmp, extra_yaml=f"receive_processes: {receive_processes}\n")
+        listeners = None
+        if not checks:
+            from tests.support import free_port
+            listeners = (f"  mx:\n    endpoint: tcp:{free_port()}:interface=127.0.0.1\n    role: mx\n"
+                         f"    tls: none\n    checks: false\n")
+        mta = start_mta(tmp, extra_yaml=f"receive_processes: {receive_processes}\n", listeners=listeners)
         etc = tmp / "etc"
         names = [f"user{i}@example.test" for i in range(users)]
         from tests.support.config import _hash
@@ -238,6 +244,9 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--smtp-sessions", type=int, default=20)
     ap.add_argument("--receive-processes", type=int, default=2, help="postroom-mta receive_processes (e2e)")
+    ap.add_argument("--checks", action="store_true",
+                    help="e2e: the MTA's default mx listener (STARTTLS offered, SPF/DKIM/DMARC checks on) "
+                         "instead of one with tls: none and checks: false, the condition of the SMTP target")
     ap.add_argument("--only", choices=("consumer", "lmtp", "e2e"))
     args = ap.parse_args()
     if args.only in (None, "consumer"):
@@ -249,7 +258,8 @@ def main() -> None:
         print(f"LMTP: {args.sessions} sessions, {args.messages} x 2 KB: "
               f"median {statistics.median(rates):.0f} msg/s (runs: {', '.join(f'{r:.0f}' for r in rates)}; target 1000)")
     if args.only in (None, "e2e"):
-        rates = [run_e2e(args.messages, args.users, args.smtp_sessions, args.receive_processes) for _ in range(args.runs)]
+        rates = [run_e2e(args.messages, args.users, args.smtp_sessions, args.receive_processes, args.checks)
+                 for _ in range(args.runs)]
         print(f"end to end: {args.smtp_sessions} SMTP sessions into postroom-mta, {args.messages} x 2 KB to maildirs: "
               f"median {statistics.median(rates):.0f} msg/s (runs: {', '.join(f'{r:.0f}' for r in rates)}; target 1200)")
 
