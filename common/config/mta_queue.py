@@ -72,7 +72,8 @@ class QueueConfig:
         "'local:' (hand to the MDA); keys: a domain, .domain for its subdomains, * for everything else",
         default_factory=dict)
     relay_credentials: Path | None = doc(
-        "file of '[host]:port username password' lines for AUTH toward relays; must be mode 0600 or 0640",
+        "file of '[host]:port username password' lines for AUTH toward relays; must belong to the MTA's "
+        "user with mode 0600 (anything looser stops the start with exit 78)",
         default=None)
     tls: TlsLevel = doc("TLS toward MX hosts: none, may (opportunistic), encrypt, verify", default="may")
     tls_policy: Mapping[str, TlsLevel] = doc(

@@ -47,6 +47,7 @@ from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from common.config import ConfigError
 from common.errors import MailError
 from common.fsutil import fsync_dir, write_file_synced
 from common.log import get_logger
@@ -57,7 +58,7 @@ from common.spool import (BOUNCED, DEFERRED, DELIVERED, PENDING, CorruptSpoolFil
 
 from ..bounce import RecipientReport, build_dsn, dsn_envelope
 from ..outbound import ConnectionCache, deliver
-from .routing import Credentials, NextHop, Router, resolve_hosts
+from .routing import Credentials, NextHop, Router, mta_uid, resolve_hosts
 
 log = get_logger("mta.queue")
 
@@ -115,7 +116,9 @@ class QueueManager(Service):
         self.reactor = reactor
         self.spool = Spool(cfg.core.paths.spool)
         self.router = Router(self.qcfg, cfg.core.local_domains)
-        self.credentials = Credentials(self.qcfg.relay_credentials)
+        self.credentials = Credentials(self.qcfg.relay_credentials, mta_uid(cfg.core))
+        if self.credentials.error is not None:
+            raise ConfigError(None, None, "queue.relay_credentials", self.credentials.error)
         self._resolver = resolver
         self.helo = self.qcfg.helo_name or cfg.core.hostname
         self.active: dict[str, ActiveMessage] = {}

@@ -15,14 +15,18 @@ permanent failures (5.1.10, 5.1.2); SERVFAIL and time-outs are temporary (4.4.3)
 lines (Postfix's sasl_passwd shape, with a space instead of the colon).
 
 SECURITY: DNS answers are untrusted and only used as addresses to connect to
-(capped at MAX_ADDRESSES). The credentials file must not be readable by others
-(mode 0600 or 0640); a looser file is refused, never used.
+(capped at MAX_ADDRESSES). A file of secrets (the relay credentials, the SRS
+secret) must belong to the MTA's user and give its group and others no access
+at all (mode 0600 or 0400): `private_file_problem` says what is wrong with one.
+At start such a file is a configuration error (exit 78); on reload it is
+refused, never used.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import random
 import stat
 from dataclasses import dataclass
@@ -131,11 +135,44 @@ class Router:
         return level
 
 
-class Credentials:
-    """AUTH credentials per next hop, from the relay credentials file."""
+def mta_uid(core) -> int:
+    """The uid the MTA runs as once started: core.user when started as root, else our own."""
+    if os.geteuid() == 0 and core.user:
+        try:
+            return pwd.getpwnam(core.user).pw_uid
+        except KeyError:
+            pass      # the runner reports the unknown user
+    return os.geteuid()
 
-    def __init__(self, path: Path | None):
+
+def private_file_problem(path: Path, uid: int) -> str | None:
+    """Why path may not hold secrets of the MTA running as uid, or None when it may:
+    it must be a regular file owned by uid with no access for group or others."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"{path}: {e.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file"
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (f"{path} is accessible to its group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                f"chmod 600 it")
+    if st.st_uid != uid:
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = f"uid {uid}"
+        return f"{path} belongs to uid {st.st_uid}, not to the MTA's user {name}; chown it"
+    return None
+
+
+class Credentials:
+    """AUTH credentials per next hop, from the relay credentials file. `error` says
+    why the file could not be used (None when it could)."""
+
+    def __init__(self, path: Path | None, uid: int | None = None):
         self.path = path
+        self.uid = os.geteuid() if uid is None else uid
         self.entries: dict[str, tuple[str, str]] = {}
         self.error: str | None = None
         if path is not None:
@@ -143,10 +180,10 @@ class Credentials:
 
     def load(self) -> None:
         entries: dict[str, tuple[str, str]] = {}
+        problem = private_file_problem(self.path, self.uid)
         try:
-            st = os.stat(self.path)
-            if st.st_mode & stat.S_IRWXO or st.st_mode & (stat.S_IWGRP | stat.S_IXGRP):
-                raise PermissionError(f"{self.path} is readable or writable by others; chmod 600 it")
+            if problem is not None:
+                raise PermissionError(problem)
             text = Path(self.path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             self.error = str(e)

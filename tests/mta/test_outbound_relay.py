@@ -55,18 +55,56 @@ def test_no_password_without_tls_and_no_loose_credentials_file(tmp_path):
             assert r.status == "4.7.4" and "TLS is required" in r.reason
         finally:
             q.stop()
-    etc_dir = tmp_path / "b" / "etc"
-    with Sink("127.0.0.3", certfile=str(tmp_path / "a" / "etc" / "cert.pem"),
-              keyfile=str(tmp_path / "a" / "etc" / "key.pem"), auth={"relayuser": "s3cret with spaces"}) as sink:
-        etc = _relay_setup(tmp_path / "b", sink, mode=0o644)
-        assert etc == etc_dir
-        spool = tmp_path / "b" / "spool"
-        qid = spool_message(spool, "alice@example.test", ["far@away.test"])
+
+
+def test_credentials_file_readable_by_others_or_owned_by_another_user_stops_the_start(tmp_path):
+    """Only the MTA's user may read the relay passwords: anything else is a configuration
+    error at start (exit 78, naming the file and the reason)."""
+    import os
+    import subprocess
+    import sys
+
+    with Sink("127.0.0.3") as sink:
+        etc = _relay_setup(tmp_path, sink, mode=0o640)
+        creds = etc / "relay-passwords"
+
+        def start():
+            return subprocess.run([sys.executable, "-m", "mta.queue", "--config", str(etc)], capture_output=True,
+                                  text=True, timeout=30)
+
+        r = start()
+        assert r.returncode == 78, r.stderr
+        assert "mta.yaml: queue.relay_credentials:" in r.stderr and str(creds) in r.stderr
+        assert "accessible to its group or others (mode 0640)" in r.stderr
+        creds.chmod(0o600)
+        if os.geteuid() == 0:
+            os.chown(creds, 65534, -1)
+            r = start()
+            assert r.returncode == 78 and "belongs to uid 65534" in r.stderr, r.stderr
+        assert sink.connections == 0
+
+
+def test_credentials_file_made_loose_is_refused_on_reload(tmp_path):
+    import signal
+    import time
+
+    etc = tmp_path / "etc"
+    with Sink("127.0.0.3", certfile=str(etc / "cert.pem"), keyfile=str(etc / "key.pem"),
+              auth={"relayuser": "s3cret with spaces"}) as sink:
+        etc = _relay_setup(tmp_path, sink)
+        spool = tmp_path / "spool"
         q = start_queue(etc)
         try:
+            (etc / "relay-passwords").chmod(0o644)
+            q.signal(signal.SIGHUP)
+            time.sleep(0.5)                  # the reload happens in the reactor, at once
+            qid = spool_message(spool, "alice@example.test", ["far@away.test"])
             wait_for(lambda: qid in spool_files(spool, "deferred"), 10, what="deferral")
+            from common.spool import parse
+            r = parse(spool / "deferred" / qid).envelope.recipients[0]
+            assert r.status == "4.7.0" and "relay credentials file unusable" in r.reason
             assert sink.messages == [] and sink.connections == 0
-            assert "readable or writable by others" in q.output()
+            assert "accessible to its group or others" in q.output()
         finally:
             q.stop()
 

@@ -3,6 +3,8 @@ relay credentials file."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from common.config.mta_queue import QueueConfig
@@ -57,10 +59,16 @@ def test_credentials_file(tmp_path):
     c = Credentials(f)
     assert c.lookup(NextHop("smtp", "relay.test", 587, False)) == ("user", "pass word")
     assert c.lookup(NextHop("smtp", "other.test", 587, False)) is None
-    f.chmod(0o604)
+    for loose in (0o640, 0o604, 0o620):
+        f.chmod(loose)
+        c.load()
+        assert c.error and "accessible to its group or others" in c.error and str(f) in c.error
+        assert c.lookup(NextHop("smtp", "relay.test", 587, False)) is None
+    f.chmod(0o600)
     c.load()
-    assert c.error and "readable or writable by others" in c.error
-    assert c.lookup(NextHop("smtp", "relay.test", 587, False)) is None
+    assert c.error is None and c.lookup(NextHop("smtp", "relay.test", 587, False))
+    other = Credentials(f, uid=os.geteuid() + 4242)       # not the MTA's user's file
+    assert other.error and "belongs to uid" in other.error and other.entries == {}
 
 
 def test_bad_transport_is_a_configuration_error():
