@@ -4,7 +4,8 @@ Our own small parser rather than the `email` package because IMAP needs the exac
 octets of every header and body part (BODY[1.2.MIME], sizes, line counts) and must
 give a sensible answer for anything: a missing boundary, an unterminated multipart,
 a header without a colon, 8-bit garbage. Malformed structure degrades to a
-text/plain leaf; nothing here raises on message content.
+text/plain leaf, and a message/rfc822 part past the nesting or part limit to an
+application/octet-stream leaf; nothing here raises on message content.
 
 The message is taken with CRLF line ends (the store's bytes are converted by the
 caller), so offsets and sizes are those a client sees.
@@ -170,8 +171,14 @@ class Part:
             if not self.children:
                 # Malformed: no boundary or no parts. Serve it as one text/plain leaf.
                 self.maintype, self.subtype, self.params = b"text", b"plain", []
-        elif self.is_message_rfc822 and not too_deep:
-            self.message = Part(self.body, depth + 1, b"text/plain", self.counter)
+        elif self.is_message_rfc822:
+            if too_deep:
+                # A message/rfc822 body structure must carry the inner message's
+                # envelope, structure and line count; past the limit there is none,
+                # so the part is served as opaque bytes instead.
+                self.maintype, self.subtype, self.params = b"application", b"octet-stream", []
+            else:
+                self.message = Part(self.body, depth + 1, b"text/plain", self.counter)
 
     @property
     def is_multipart(self) -> bool:
