@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import imaplib
 import itertools
+import socket
 import ssl
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -76,6 +77,51 @@ def imapd_server(tmp_path_factory):
         code = server.daemon.stop()
         assert code == 0, server.daemon.output()
         assert "Traceback" not in server.daemon.output(), server.daemon.output()
+
+
+class Raw:
+    """A line-level client: exact bytes out, answers line by line in the order sent."""
+
+    def __init__(self, port: int, timeout: float = 5):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError(self.buf)
+            self.buf += data
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def until(self, tag: bytes) -> list[bytes]:
+        """Every line up to and including the one tagged `tag`."""
+        lines = []
+        while True:
+            line = self.line()
+            lines.append(line)
+            if line.startswith(tag + b" "):
+                return lines
+
+    def cmd(self, tag: bytes, command: bytes) -> list[bytes]:
+        self.send(tag + b" " + command + b"\r\n")
+        return self.until(tag)
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def starttls(self):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        self.sock = ctx.wrap_socket(self.sock)
+
+    def closed_by_server(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except (ConnectionError, ssl.SSLError):
+            return True
 
 
 _next_user: dict[int, itertools.count] = {}

@@ -4,8 +4,6 @@ timeout."""
 
 from __future__ import annotations
 
-import socket
-import ssl
 import time
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from tests.support import Daemon, free_port
 from tests.support.config import base_config
 
-from .conftest import write_imapd_yaml
+from .conftest import Raw, write_imapd_yaml
 
 
 @pytest.fixture(scope="module")
@@ -29,38 +27,6 @@ def strict(tmp_path_factory):
     yield port
     assert daemon.stop() == 0, daemon.output()
     assert "Traceback" not in daemon.output()
-
-
-class Raw:
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.buf = b""
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError(self.buf)
-            self.buf += data
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def until(self, tag: bytes) -> list[bytes]:
-        lines = []
-        while True:
-            line = self.line()
-            lines.append(line)
-            if line.startswith(tag + b" "):
-                return lines
-
-    def send(self, data: bytes):
-        self.sock.sendall(data)
-
-    def starttls(self):
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        self.sock = ctx.wrap_socket(self.sock)
 
 
 def test_logindisabled_until_starttls(strict):
