@@ -76,8 +76,12 @@ def test_copy_move_uidplus(imapd):
     c.select("INBOX")
     typ, data = c._simple_command("UID", "COPY", "1:2", "Trash")
     assert typ == "OK" and re.search(rb"COPYUID \d+ 1:2 1:2", data[0]), data
+    archive_validity = c.status("Archive", "(UIDVALIDITY)")[1][0].split()[-1].rstrip(b")")
+    c.untagged_responses.pop("COPYUID")
     typ, data = c._simple_command("UID", "MOVE", "3", "Archive")
-    assert typ == "OK"
+    # RFC 6851: the COPYUID of a MOVE comes in an untagged OK, not in the tagged one.
+    assert (typ, data) == ("OK", [b"Move completed"])
+    assert c.untagged_responses.pop("COPYUID") == [archive_validity + b" 3 1"]
     assert c.untagged_responses.get("EXPUNGE") == [b"3"]
     assert c.status("Archive", "(MESSAGES UIDNEXT)")[1][0] == b"Archive (MESSAGES 1 UIDNEXT 2)"
     assert c.status("INBOX", "(MESSAGES)")[1][0] == b"INBOX (MESSAGES 2)"
@@ -262,3 +266,92 @@ def test_client_that_does_not_read_gets_no_unbounded_output_buffer(imapd):
         received += chunk
     assert received.count(b" OK Fetch completed\r\n") == commands
     s.close()
+
+
+def test_uid_expunge_leaves_other_deleted_messages(imapd):
+    c = imapd.client()
+    for _ in range(5):
+        c.append("INBOX", r"(\Deleted)", None, MSG)
+    c.select("INBOX")
+    typ, data = c.uid("EXPUNGE", "2,4")
+    assert typ == "OK"
+    view = [1, 2, 3, 4, 5]
+    for number in c.untagged_responses.pop("EXPUNGE"):  # each renumbers the ones after it
+        del view[int(number) - 1]
+    assert view == [1, 3, 5]
+    typ, data = c.uid("FETCH", "1:*", "(FLAGS)")
+    assert data == [b"1 (UID 1 FLAGS (\\Deleted))", b"2 (UID 3 FLAGS (\\Deleted))",
+                    b"3 (UID 5 FLAGS (\\Deleted))"]
+    assert c.status("INBOX", "(MESSAGES)")[1][0] == b"INBOX (MESSAGES 3)"
+    c.logout()
+
+
+def test_append_internaldate_round_trips(imapd):
+    """The date APPEND is given is the INTERNALDATE FETCH reports. The maildir keeps
+    it as the file's time, so a zone other than +0000 comes back as the same instant
+    in +0000 (as with Dovecot's maildirs)."""
+    dates = ['"17-Jul-1996 02:44:25 +0000"', '"31-Dec-1969 23:59:59 +0000"', '"01-Mar-2040 12:00:00 +0000"',
+             '" 4-Oct-2024 07:05:09 -0700"', '"29-Feb-2024 23:30:00 +0530"']
+    c = imapd.client()
+    for date in dates:
+        assert c.append("INBOX", None, date, MSG)[0] == "OK"
+    c.select("INBOX")
+    typ, data = c.fetch("1:*", "(INTERNALDATE)")
+    got = [re.search(rb'INTERNALDATE ("[^"]+")', line).group(1).decode() for line in data]
+    assert got[:3] == dates[:3]
+    assert got[3:] == ['"04-Oct-2024 14:05:09 +0000"', '"29-Feb-2024 18:00:00 +0000"']
+    for date, line in zip(dates, data):
+        assert imaplib.Internaldate2tuple(line) == imaplib.Internaldate2tuple(
+            b"INTERNALDATE " + date.replace(" 4-", "04-").encode())
+    c.logout()
+
+
+def test_authenticate_login(imapd):
+    c = imapd.client(user=None)
+    answers = iter([imapd.user.encode(), b"postroom"])
+    challenges = []
+
+    def respond(challenge):
+        challenges.append(challenge)
+        return next(answers)
+    typ, data = c.authenticate("LOGIN", respond)
+    assert typ == "OK" and challenges == [b"Username:", b"Password:"]
+    assert c.select("INBOX")[0] == "OK"
+    c.logout()
+    c = imapd.client(user=None)
+    answers = iter([imapd.user.encode(), b"wrong"])
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        c.authenticate("LOGIN", lambda challenge: next(answers))
+    c.logout()
+
+
+@pytest.mark.parametrize("name", [b"a\x01b", b"tab\there", b"del\x7f", b"Sub.\x1b[31m"])
+def test_mailbox_name_with_control_character_in_a_literal_refused(imapd, name):
+    c = imapd.client()
+    c.literal = name
+    typ, data = c._simple_command("CREATE")
+    assert (typ, data) == ("NO", [b"[CANNOT] Invalid mailbox name"])
+    c.literal = name
+    assert c._simple_command("SELECT")[0] == "NO"
+    folders = sorted(p.name for p in imapd.maildir().iterdir() if p.name.startswith("."))
+    assert folders == [".Archive", ".Drafts", ".Junk", ".Sent", ".Trash"]
+    assert c.noop()[0] == "OK"
+    c.logout()
+
+
+def test_storage_failure_is_a_generic_no_without_paths(imapd):
+    """A folder whose new/ is a file cannot be scanned: the client gets NO
+    [UNAVAILABLE] with no path in it, the log gets the detail, the session goes on."""
+    c = imapd.client()
+    assert c.create("Broken")[0] == "OK"
+    assert c.append("Broken", None, None, MSG)[0] == "OK"
+    new = imapd.maildir() / ".Broken" / "new"
+    new.rmdir()
+    new.write_bytes(b"not a directory")
+    answers = [c.select("Broken"), c._simple_command("STATUS", "Broken", "(MESSAGES)"),
+               c.append("Broken", None, None, MSG)]
+    for typ, data in answers:
+        assert (typ, data) == ("NO", [b"[UNAVAILABLE] Temporary failure, try again later"])
+    assert f"Not a directory: '{new}'" in imapd.daemon.output()  # the detail is logged
+    assert c.select("INBOX")[0] == "OK"
+    c.logout()

@@ -326,3 +326,19 @@ def test_deeply_nested_messages_over_imap(imapd, shape):
     assert _fetch(c, "(BODY.PEEK[])")[0][1] == DEEP[shape]
     c.logout()
 
+
+def test_malformed_mime_over_imap(imapd):
+    """Each malformed sample APPENDed as it is: its BODYSTRUCTURE is the sensible
+    answer and BODY[] gives back every byte."""
+    c = imapd.client()
+    for raw in MALFORMED:
+        assert c.append("INBOX", None, None, raw)[0] == "OK"
+    c.select("INBOX")
+    for number, (raw, expected) in enumerate(MALFORMED.items(), 1):
+        typ, data = c.fetch(str(number), "(BODYSTRUCTURE BODY.PEEK[])")
+        assert typ == "OK", data
+        head, body = data[0]
+        assert head.startswith(b"%d (BODYSTRUCTURE " % number + expected + b" BODY[] {"), head
+        assert body == raw
+        check_body(parse_parens(expected))
+    c.logout()
