@@ -58,6 +58,7 @@ from common.spool import (BOUNCED, DEFERRED, DELIVERED, PENDING, CorruptSpoolFil
 
 from ..bounce import RecipientReport, build_dsn, dsn_envelope
 from ..outbound import ConnectionCache, deliver
+from . import lock
 from .routing import Credentials, NextHop, Router, mta_uid, resolve_hosts
 
 log = get_logger("mta.queue")
@@ -67,6 +68,7 @@ IO_THREADS = 8
 IO_DRAIN = 10.0                  # seconds a stop waits for spool writes in flight
 CACHE_LIMIT = 64 * 1024          # messages up to this size are kept in memory while active
 FLUSH_FLAG = ".flush"           # in maildrop/, so that any local user can ask (sendmail -q)
+LOCK_WAIT = 5.0                  # seconds a start waits for the spool lock (a postroom-queue run)
 
 
 @dataclass
@@ -139,6 +141,7 @@ class QueueManager(Service):
         self.loading: set[str] = set()              # queue ids being read in the I/O pool
         self._io_pending = 0
         self.cache = ConnectionCache(reactor, self.qcfg.max_per_destination)
+        self._lock: int | None = None
 
     # --- service ----------------------------------------------------------
 
@@ -153,9 +156,11 @@ class QueueManager(Service):
         return self._resolver
 
     def startService(self):
+        self.spool.create()
+        # One queue manager per spool; postroom-queue acts on active/ only without one.
+        self._lock = lock.acquire(self.spool.root, wait=LOCK_WAIT)
         super().startService()
         self._pool.start()
-        self.spool.create()
         self._maildrop_permissions()
         self.spool.clean_tmp(older_than=0)
         from ..dkimsign import Signer
@@ -191,6 +196,9 @@ class QueueManager(Service):
             except Exception:
                 pass
         yield super().stopService()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _maildrop_permissions(self) -> None:
         """maildrop/ like /tmp without listing: anyone (or maildrop_group) may drop a
