@@ -4,13 +4,18 @@
     postroom-sendmail -bs          an SMTP session on standard input and output
     postroom-sendmail -q           ask the queue manager to retry deferred mail now
     postroom-sendmail -bp          list the queue (as mailq)
+    postroom-sendmail --help       this usage, exit 0
 
 The message is read from standard input. Without -i (or -oi) a line holding only
 a dot ends it, as traditional sendmail does. -t takes recipients from the To, Cc
 and Bcc fields (added to those on the command line) and removes Bcc. -N, -R and
--V set the DSN NOTIFY, RET and ENVID. -v prints the queue id. Other -o options,
--B, -X and -L are accepted and ignored, as Postfix does. -C DIR names the
-configuration folder (also $POSTROOM_CONFIG).
+-V set the DSN NOTIFY, RET and ENVID. -q also takes Postfix's forms -qINTERVAL and
+-qRSITE; both retry all deferred mail (the interval and the site are ignored).
+-v prints the queue ID and the recipients on standard error; unlike Postfix's
+sendmail -v it does not mail a report of the delivery (ask for DSN notices with
+-N success,failure,delay instead). Other -o options, -B, -X and -L are accepted
+and ignored, as Postfix does. -C DIR names the configuration folder (also
+$POSTROOM_CONFIG).
 
 No privilege is needed: the message is written, as the invoking user, into the
 spool's maildrop/ folder (mode 1733, or 1730 with `queue.maildrop_group`), under
@@ -41,6 +46,28 @@ from common.spool import Envelope, Recipient, encode, new_queue_id
 
 FLUSH_FLAG = ".flush"
 USAGE = "usage: postroom-sendmail [-t] [-i] [-f sender] [-F name] [-bm|-bs|-bp|-q] [recipient ...]"
+HELP = USAGE + """
+
+Queue a message read from standard input (a drop-in for /usr/sbin/sendmail).
+
+  -t              recipients from To, Cc and Bcc as well (Bcc is removed)
+  -i, -oi         a line with a single dot does not end the message
+  -f ADDR, -r ADDR  envelope sender (only trusted users may set any)
+  -F NAME         full name for the From field added when there is none
+  -N LIST         DSN NOTIFY: never, or some of success,failure,delay
+  -R full|hdrs    DSN RET
+  -V ENVID        DSN ENVID
+  -bm             read a message from standard input (the default)
+  -bs             an SMTP session on standard input and output
+  -bp             list the queue (as mailq)
+  -q              retry deferred mail now (-qINTERVAL and -qRSITE do the same)
+  -v              print the queue ID and recipients on standard error (no report is mailed)
+  -C DIR          configuration folder (default $POSTROOM_CONFIG or /etc/postroom)
+  --help          this text
+
+Other -o options, -B, -L and -X are accepted and ignored. Exit status: 0 queued,
+64 usage, 65 message too large, 66 no input, 73 cannot write the maildrop file,
+75 try again later, 78 configuration."""
 
 
 class UsageError(Exception):
@@ -50,7 +77,7 @@ class UsageError(Exception):
 def parse_args(argv: list[str]) -> dict:
     """Sendmail's option syntax: clustered flags, values attached or separate."""
     opts = {"t": False, "i": False, "f": None, "F": None, "mode": "m", "v": False, "C": None,
-            "N": None, "R": None, "V": None, "q": False, "rcpts": []}
+            "N": None, "R": None, "V": None, "q": False, "help": False, "rcpts": []}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -58,6 +85,9 @@ def parse_args(argv: list[str]) -> dict:
         if arg == "--":
             opts["rcpts"] += argv[i:]
             break
+        if arg == "--help":
+            opts["help"] = True
+            continue
         if not arg.startswith("-") or arg == "-":
             opts["rcpts"].append(arg)
             continue
@@ -228,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"postroom-sendmail: {e}\n{USAGE}", file=sys.stderr)
         return EX_USAGE
+    if opts["help"]:
+        print(HELP)
+        return EX_OK
     if opts["mode"] == "p" or os.path.basename(sys.argv[0]) == "mailq":
         from .queuetool import main as queue_main
         return queue_main((["-C", opts["C"]] if opts["C"] else []) + ["list"])

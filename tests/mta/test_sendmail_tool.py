@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from common.spool import parse
@@ -154,5 +155,62 @@ def test_local_recipients_expanded_through_aliases(tmp_path):
             assert sorted((r.mailbox, r.folder) for r in local) == [("alice@example.test", None),
                                                                     ("bob@example.test", "news")]
             assert {r.original for r in local} == {"team@example.test", "bob+news@example.test"}
+        finally:
+            q.stop()
+
+
+def test_help_r_oi_bm_and_bp(tmp_path):
+    from common.spool import Spool
+
+    from .test_queue_tool import deferred_message
+
+    etc = _setup(tmp_path, 9)   # no queue manager: look at maildrop/ directly
+    Spool(tmp_path / "spool", create=True)
+    r = subprocess.run([BIN / "postroom-sendmail", "--help"], capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith(b"usage: postroom-sendmail")
+    assert b"-bp" in r.stdout and b"-oi" in r.stdout and b"no report is mailed" in r.stdout and not r.stderr
+    # -r sets the envelope sender as -f does; -oi keeps a lone dot; -bm is the default mode said aloud.
+    r = subprocess.run([BIN / "postroom-sendmail", "-C", etc, "-bm", "-oi", "-r", "ops@example.test",
+                        "x@remote.test"], input=b"Subject: r\n\nfirst\n.\nstill part of it\n",
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    (name,) = spool_files(tmp_path / "spool", "maildrop")
+    sf = parse(tmp_path / "spool" / "maildrop" / name)
+    assert sf.envelope.sender == "ops@example.test"
+    assert sf.read_message() == b"Subject: r\n\nfirst\n.\nstill part of it\n"
+    # -bp lists the queue as mailq does.
+    r = subprocess.run([BIN / "postroom-sendmail", "-C", etc, "-bp"], capture_output=True, timeout=30)
+    assert r.returncode == 0 and b"Mail queue is empty" in r.stdout
+    qid = deferred_message(tmp_path / "spool", "bob@remote.test")
+    r = subprocess.run([BIN / "postroom-sendmail", "-C", etc, "-bp"], capture_output=True, timeout=30)
+    assert r.returncode == 0 and qid.encode() in r.stdout and b"bob@remote.test" in r.stdout
+
+
+def test_q_retries_deferred_mail_now(tmp_path):
+    from .test_queue_tool import deferred_message
+
+    with Sink("127.0.0.3") as sink:
+        etc = mta_config(tmp_path, f"""
+            transports:
+              "*": "smtp:[127.0.0.3]:{sink.port}"
+            tls: none
+            scan_interval: 1h
+        """)
+        spool = tmp_path / "spool"
+        deferred_message(spool, "bob@remote.test")     # next attempt an hour away
+        q = start_queue(etc)
+        try:
+            time.sleep(1.0)
+            assert not sink.messages
+            r = subprocess.run([BIN / "postroom-sendmail", "-C", etc, "-q"], capture_output=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            (got,) = sink.wait_for(1, timeout=10)
+            assert got.recipients == ["bob@remote.test"]
+            deferred_message(spool, "carol@remote.test")
+            # Postfix's -qINTERVAL form: the interval is ignored, the queue is run now.
+            r = subprocess.run([BIN / "postroom-sendmail", "-C", etc, "-q30m"], capture_output=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            sink.wait_for(2, timeout=10)
+            assert sink.messages[1].recipients == ["carol@remote.test"]
         finally:
             q.stop()
