@@ -219,9 +219,11 @@ def _endpoint(reactor, address: str, port: int, timeout: float, bind: tuple[str 
 @defer.inlineCallbacks
 def deliver(reactor, hosts, options: ClientOptions, transaction: Transaction, timeouts,
             tls_creator_for=None, bind: tuple[str | None, str | None] = (None, None),
-            cache: ConnectionCache | None = None, cache_key: tuple | None = None):
+            cache: ConnectionCache | None = None, cache_key: tuple | None = None, log_ids: dict | None = None):
     """Try each host in turn; Deferred[Delivery]. Never errbacks: any failure becomes a
-    temporary reply for the recipients."""
+    temporary reply for the recipients. log_ids (the message's queue_id and trace_id)
+    go into every log line."""
+    ids = log_ids or {}
     if cache is not None and cache_key is not None:
         key = (*cache_key, options.tls, options.username)
         proto = cache.take(key)
@@ -246,7 +248,7 @@ def deliver(reactor, hosts, options: ClientOptions, transaction: Transaction, ti
         except Exception as e:
             last = temp(f"connect to {host.name}[{host.address}]:{host.port}: {_short(e)}", "4.4.1", "connect")
             last_host = host
-            log.info("connect to {host}[{address}]:{port} failed: {why}", host=host.name,
+            log.info("connect to {host}[{address}]:{port} failed: {why}", **ids, host=host.name,
                      address=host.address, port=host.port, why=_short(e))
             continue
         try:
@@ -256,14 +258,14 @@ def deliver(reactor, hosts, options: ClientOptions, transaction: Transaction, ti
         if finished.tls_failed and options.tls == "may":
             # Opportunistic TLS that fails is retried in plain text, as Postfix does:
             # the alternative to plain text here is no delivery at all.
-            log.info("TLS with {host}[{address}] failed; trying again without TLS", host=host.name,
+            log.info("TLS with {host}[{address}] failed; trying again without TLS", **ids, host=host.name,
                      address=host.address)
             attempts.insert(0, (host, replace(options, tls="none")))
             continue
         if finished.try_next_host:
             last = finished.session_reply
             last_host = host
-            log.info("{host}[{address}] said {reply}; trying the next host", host=host.name,
+            log.info("{host}[{address}] said {reply}; trying the next host", **ids, host=host.name,
                      address=host.address, reply=finished.session_reply.diagnostic())
             continue
         return Delivery(finished, host.name, host.address)

@@ -98,6 +98,12 @@ class ActiveMessage:
     def env(self):
         return self.sf.envelope
 
+    @property
+    def ids(self) -> dict:
+        """The fields every log line about this message carries (as Postfix logs the
+        queue ID): its queue ID and the trace ID that follows it through every daemon."""
+        return {"queue_id": self.qid, "trace_id": self.sf.envelope.trace_id}
+
 
 @dataclass
 class Destination:
@@ -362,7 +368,7 @@ class QueueManager(Service):
             return
         sf, data, note = result
         if note:
-            log.error("{note}", queue_id=qid, note=note)
+            log.error("{note}", queue_id=qid, trace_id=sf.envelope.trace_id, note=note)
         msg = ActiveMessage(qid, sf, data=data)
         self.active[qid] = msg
         env = sf.envelope
@@ -472,7 +478,7 @@ class QueueManager(Service):
         r.attempts += 1
         r.status, r.reason = status, info["reason"]
         r.next_attempt = info.get("next_attempt")
-        log.info("to=<{rcpt}> {state} status={status} {reason}", queue_id=msg.qid,
+        log.info("to=<{rcpt}> {state} status={status} {reason}", **msg.ids,
                  rcpt=r.address, state=state, status=status, reason=info["reason"][:300])
 
     # --- finishing a message ------------------------------------------------
@@ -510,7 +516,7 @@ class QueueManager(Service):
             if on_done is not None:
                 on_done()
             if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
-                log.error("cannot record delivery results: {why}", queue_id=msg.qid,
+                log.error("cannot record delivery results: {why}", **msg.ids,
                           why=getattr(result, "getErrorMessage", lambda: str(result))())
             self._maybe_finish(msg)
 
@@ -529,13 +535,13 @@ class QueueManager(Service):
 
         def logged(lines):
             for level, fmt, kw in lines:
-                getattr(log, level)(fmt, queue_id=msg.qid, **kw)
+                getattr(log, level)(fmt, **msg.ids, **kw)
             if any(fmt.endswith("notice {dsn_id} to <{to}>") for _, fmt, kw in lines):
                 self.nudge()
 
         def failed(f):
             # The file stays in active/; the next start picks it up again.
-            log.error("finishing the message failed: {why}", queue_id=msg.qid, why=f.getErrorMessage())
+            log.error("finishing the message failed: {why}", **msg.ids, why=f.getErrorMessage())
 
         self._thread(self._finish_io, msg).addCallbacks(logged, failed)
 
@@ -639,7 +645,7 @@ class QueueManager(Service):
             level = self.router.tls_level(hop, creds is not None)
             if creds is None and self.credentials.error and not hop.mx:
                 # Without its password a relay refuses permanently (530): wait for a fix instead.
-                log.warn("relay credentials unusable: {why}", why=self.credentials.error)
+                log.warn("relay credentials unusable: {why}", **msg.ids, why=self.credentials.error)
                 self._job_done(job, None, Reply(451, "4.7.0", "relay credentials file unusable", "internal"))
                 return
             env = msg.env
@@ -654,9 +660,9 @@ class QueueManager(Service):
             delivery = yield deliver(self.reactor, hosts, options, tx, self.qcfg.timeouts,
                                      lambda name: client_creator(name, level == "verify", ca),
                                      (self.qcfg.bind_address, self.qcfg.bind_address6),
-                                     cache=self.cache, cache_key=(hop.key,))
+                                     cache=self.cache, cache_key=(hop.key,), log_ids=msg.ids)
         except Exception as e:
-            log.failure("delivery of {queue_id} failed unexpectedly: {why}", queue_id=msg.qid, why=str(e))
+            log.failure("delivery failed unexpectedly: {why}", **msg.ids, why=str(e))
             self._job_done(job, None, Reply(451, "4.3.0", f"internal error: {type(e).__name__}", "internal"))
             return
         self._job_done(job, delivery, None)
@@ -679,7 +685,7 @@ class QueueManager(Service):
                         dest.reason = fin.session_reply
                         dest.down_until = time.time() + min(
                             self.qcfg.destination_backoff * 2 ** min(dest.failures - 1, 20), self.qcfg.retry_max)
-                        log.info("destination {dest} unreachable; backed off until {until}",
+                        log.info("destination {dest} unreachable; backed off until {until}", **msg.ids,
                                  dest=job.hop.key, until=time.ctime(dest.down_until))
             else:
                 assert reply is not None
@@ -688,7 +694,7 @@ class QueueManager(Service):
                     self._outcome(msg, i, Reply(reply.code, reply.enhanced, text, reply.stage), None,
                                   smtp=False)
         except Exception as e:
-            log.failure("recording results of {queue_id} failed: {why}", queue_id=msg.qid, why=str(e))
+            log.failure("recording the results failed: {why}", **msg.ids, why=str(e))
         msg.outstanding -= 1
         self._flush(msg)
         self._maybe_finish(msg)
@@ -773,14 +779,14 @@ class QueueManager(Service):
                     self._load(qid, "active")
                     continue
                 if msg is None:
-                    log.warn("hand-off answer {hid} for a message not in active/; removed", hid=hid)
+                    log.warn("hand-off answer {hid} for a message not in active/; removed", queue_id=qid, hid=hid)
                     path.unlink(missing_ok=True)
                     self._drop_handoff(hid)
                     continue
             try:
                 results = read_handoff_results(path)
             except (OSError, ValueError, TypeError) as e:
-                log.error("unreadable hand-off answer {hid}: {why}", hid=hid, why=str(e))
+                log.error("unreadable hand-off answer {hid}: {why}", **msg.ids, hid=hid, why=str(e))
                 continue
             done = {i for i, r in enumerate(msg.env.recipients) if r.state not in (PENDING, DEFERRED)}
             at_mda = self.in_mda.get(qid, set())

@@ -160,6 +160,7 @@ class Pickup:
         if not any(self.spool.path(q, qid).exists() for q in ("incoming", "active", "deferred", "hold")):
             self.spool.write(new, [message], "incoming")
             log.info("picked up from {user} (uid {uid}) from=<{sender}> nrcpt={n}", queue_id=qid,
+                     trace_id=new.trace_id,
                      user=user, uid=st.st_uid, sender=sender, n=len(rcpts))
         path.unlink(missing_ok=True)
         fsync_dir(path.parent)
