@@ -7,12 +7,15 @@ import imaplib
 import itertools
 import socket
 import ssl
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from tests.support import Daemon, free_port
+from tests.support import ROOT, Daemon, free_port
 from tests.support.config import base_config
 
 
@@ -41,6 +44,16 @@ class ImapServer:
             c.login(user or self.user, password)
         return c
 
+    def deliver(self, message: bytes, user: str | None = None) -> float:
+        """Deliver with postroom-deliver, the MDA's pipe command, as an MTA runs it, on
+        this server's configuration; returns the monotonic time the process exited."""
+        proc = subprocess.Popen([sys.executable, "-m", "mda.deliver", "-c", str(self.etc), "-d", user or self.user],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT))
+        out, err = proc.communicate(message, timeout=60)
+        exited = time.monotonic()
+        assert proc.returncode == 0, (proc.returncode, out, err)
+        return exited
+
     def tls_client(self) -> imaplib.IMAP4_SSL:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
@@ -64,6 +77,8 @@ def start_imapd(tmp_path: Path, extra: str = "", core_extra: str = "") -> ImapSe
     etc = base_config(tmp_path, users=USERS, core_extra=core_extra, user_extra=USER_EXTRA)
     port, tls_port = free_port(), free_port()
     write_imapd_yaml(etc, port, tls_port, extra)
+    # For postroom-deliver (the MDA's pipe command), which tests run to deliver mail.
+    (etc / "mda.yaml").write_text("consumer:\n  enabled: false\n")
     daemon = Daemon("imapd.main", etc).start(wait_ports=(port, tls_port))
     return ImapServer(etc, tmp_path, port, tls_port, daemon)
 
