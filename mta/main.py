@@ -66,6 +66,8 @@ def build_receiver(cfg, reactor, on_commit=None):
 
     from .aliases import Aliases
     from .policy import RecipientPolicy
+    from .queue.routing import mta_uid
+    from .srs import Srs
     from .receiver import SpoolWriter
     from .smtpd import ReceiverContext
 
@@ -75,7 +77,8 @@ def build_receiver(cfg, reactor, on_commit=None):
     users = UserDB(cfg.core.auth.users_file)
     authenticator = Authenticator(cfg.core, reactor, users=users) if any(
         listener.auth_on for listener in mta.listeners.values()) else None
-    policy = RecipientPolicy(cfg.core, mta.recipients, users, Aliases(mta.recipients.aliases_file))
+    policy = RecipientPolicy(cfg.core, mta.recipients, users, Aliases(mta.recipients.aliases_file),
+                             srs=Srs.from_config(mta.queue.srs, mta_uid(cfg.core)))
     checks = None
     if any(listener.checks_on for listener in mta.listeners.values()):
         try:

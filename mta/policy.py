@@ -7,7 +7,8 @@ to a forged sender (no backscatter).
 
 Recipients in a local domain are resolved at once: aliases (mta.aliases), then
 users (common.users.UserDB), then `user+detail` subaddressing, then the domain's
-catch-all. Relay domains are accepted as they are. Anything else is relaying and
+catch-all. An SRS address of ours (mta.srs) resolves to the sender it stands for,
+so a bounce to it is forwarded back; a forged or expired one is refused 550 5.1.1. Relay domains are accepted as they are. Anything else is relaying and
 is refused with 554 5.7.1 unless the client authenticated or comes from a
 trusted network (empty by default; loopback is not trusted unless listed).
 
@@ -41,7 +42,8 @@ class Target:
 class RecipientPolicy:
     """Recipient resolution and relay rules for the receiving side."""
 
-    def __init__(self, core, recipients_cfg, users, aliases: Aliases):
+    def __init__(self, core, recipients_cfg, users, aliases: Aliases, srs=None):
+        self.srs = srs              # mta.srs.Srs: bounces to our SRS addresses go back (queue.srs)
         self.local_domains = frozenset(core.local_domains)
         self.first_local = core.local_domains[0] if core.local_domains else core.hostname.lower()
         self.cfg = recipients_cfg
@@ -65,6 +67,11 @@ class RecipientPolicy:
 
     def check_recipient(self, address: str, client_ip: str, auth_user: str | None) -> list[Target]:
         """The targets of a RCPT, or raises a MailError (550 5.1.1, 554 5.7.1)."""
+        if self.srs is not None and self.srs.handles(address):
+            targets = self.resolve(address)     # forged or expired: None
+            if not targets:
+                raise NO_SUCH_USER
+            return targets
         domain = self._domain(address)
         if domain in self.local_domains:
             targets = self.resolve(address)
@@ -92,7 +99,11 @@ class RecipientPolicy:
 
     def resolve(self, address: str) -> list[Target] | None:
         """The targets of address: [Target(address)] for a non-local domain, the
-        expansion for a local one, None for an unknown local recipient."""
+        expansion for a local one, None for an unknown local recipient (or an SRS
+        address of ours that is forged or expired; a valid one gives where it points)."""
+        if self.srs is not None and self.srs.handles(address):
+            original = self.srs.reverse(address)
+            return None if original is None else self.resolve(original)
         out: list[Target] = []
         if not self._resolve(address, 0, set(), out):
             return None

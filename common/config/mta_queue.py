@@ -50,6 +50,28 @@ class SmtpTimeouts:
 
 
 @dataclass(frozen=True)
+class SrsConfig:
+    """The Sender Rewriting Scheme for mail that aliases forward to remote addresses."""
+
+    domain: str | None = doc(
+        "domain of rewritten senders (SRS0=...@DOMAIN); its MX must point to this server, "
+        "which accepts bounces to it. Unset: SRS is off", default=None)
+    secret_file: Path | None = doc(
+        "secrets, one per line: the first signs, every one verifies (add a new first line to rotate); "
+        "must belong to the MTA's user with mode 0600", default=None)
+    max_age: Duration = doc("a bounce to an SRS address older than this is refused (whole days)",
+                            default=Duration(21 * 86400))
+
+    def __post_init__(self):
+        if self.domain is not None:
+            object.__setattr__(self, "domain", self.domain.lower().rstrip("."))
+            if self.secret_file is None:
+                raise ValueError("srs: a domain needs a secret_file")
+        if self.max_age < 86400:
+            raise ValueError("srs: max_age is at least 1d")
+
+
+@dataclass(frozen=True)
 class QueueConfig:
     retry_first: Duration = doc("first retry of a deferred recipient after this long", default=Duration(300))
     retry_max: Duration = doc("the retry interval doubles up to this", default=Duration(4 * 3600))
@@ -86,6 +108,7 @@ class QueueConfig:
         "local users who may set any envelope sender with postroom-sendmail -f", default=("root",))
     maildrop_group: str | None = doc("group allowed to write maildrop/ (with the sticky bit); unset = everyone", default=None)
     timeouts: SmtpTimeouts = field(default_factory=SmtpTimeouts)
+    srs: SrsConfig = field(default_factory=SrsConfig)
 
     def __post_init__(self):
         if self.max_connections < 1 or self.max_per_destination < 1 or self.max_active < 1:

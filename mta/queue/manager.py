@@ -59,7 +59,7 @@ from common.spool import (BOUNCED, DEFERRED, DELIVERED, PENDING, CorruptSpoolFil
 from ..bounce import RecipientReport, build_dsn, dsn_envelope
 from ..outbound import ConnectionCache, deliver
 from . import lock
-from .routing import Credentials, NextHop, Router, mta_uid, resolve_hosts
+from .routing import Credentials, NextHop, Router, domain_of, mta_uid, resolve_hosts
 
 log = get_logger("mta.queue")
 
@@ -78,6 +78,7 @@ class Job:
     msg: "ActiveMessage"
     hop: NextHop
     indices: list[int]
+    sender: str                 # the envelope sender on the wire (SRS-rewritten when forwarded)
 
 
 @dataclass
@@ -127,6 +128,9 @@ class QueueManager(Service):
         self.credentials = Credentials(self.qcfg.relay_credentials, mta_uid(cfg.core))
         if self.credentials.error is not None:
             raise ConfigError(None, None, "queue.relay_credentials", self.credentials.error)
+        from ..srs import Srs
+
+        self.srs = Srs.from_config(self.qcfg.srs, mta_uid(cfg.core))
         self._resolver = resolver
         self.helo = self.qcfg.helo_name or cfg.core.hostname
         self.active: dict[str, ActiveMessage] = {}
@@ -173,7 +177,7 @@ class QueueManager(Service):
         from .pickup import Pickup
 
         self.signer = Signer.from_config(self.qcfg, self.core)
-        self.pickup = Pickup(self.spool, self.cfg)
+        self.pickup = Pickup(self.spool, self.cfg, self.srs)
         self._recover_handoffs()
         # Messages left in active/ by a crash are ours again: load them first.
         for qid in self.spool.list("active"):
@@ -385,7 +389,7 @@ class QueueManager(Service):
                              r.remote_mta, smtp_reply=False, expired=True)
             pending = []
         local: list[int] = []
-        remote: dict[NextHop, list[int]] = {}
+        remote: dict[tuple[NextHop, str], list[int]] = {}
         for i, r in pending:
             try:
                 hop = self.router.route(r)
@@ -395,15 +399,28 @@ class QueueManager(Service):
             if hop.kind == "local":
                 local.append(i)
             else:
-                remote.setdefault(hop, []).append(i)
+                remote.setdefault((hop, self._sender_toward(env, r)), []).append(i)
         if local:
             self._handoff(msg, local)
-        for hop, indices in remote.items():
+        for (hop, sender), indices in remote.items():
+            if sender != env.sender:
+                log.info("sender rewritten to <{srs}> (SRS) toward {rcpts}", **msg.ids, srs=sender,
+                         rcpts=", ".join(env.recipients[i].address for i in indices))
             for o in range(0, len(indices), MAX_RCPTS_PER_TRANSACTION):
-                self._enqueue(Job(msg, hop, indices[o:o + MAX_RCPTS_PER_TRANSACTION]))
+                self._enqueue(Job(msg, hop, indices[o:o + MAX_RCPTS_PER_TRANSACTION], sender))
         self._flush(msg)
         self._maybe_finish(msg)
         self._pump()
+
+    def _sender_toward(self, env, r) -> str:
+        """The envelope sender toward remote recipient r: SRS-rewritten when an alias
+        (or a catch-all, or an SRS bounce address) of ours forwards to r and the
+        sender is not ours; otherwise as it is."""
+        if self.srs is None or not env.sender or r.original is None:
+            return env.sender
+        if domain_of(env.sender) in self.router.local_domains:
+            return env.sender       # our own users: our SPF already covers this host
+        return self.srs.forward(env.sender)
 
     def _corrupt(self, qid: str, queue: str, why: str) -> None:
         log.error("moving {queue_id} to corrupt/: {why}", queue_id=qid, why=why)
@@ -650,7 +667,7 @@ class QueueManager(Service):
                 return
             env = msg.env
             message = msg.data if msg.data is not None else (yield self._thread(msg.sf.read_message))
-            tx = Transaction(env.sender, [Rcpt(env.recipients[i].address, env.recipients[i].notify,
+            tx = Transaction(job.sender, [Rcpt(env.recipients[i].address, env.recipients[i].notify,
                                                env.recipients[i].orcpt) for i in job.indices],
                              message, env.body, env.smtputf8, env.ret, env.envid)
             options = ClientOptions(self.helo, level, creds[0] if creds else None, creds[1] if creds else None)

@@ -50,7 +50,7 @@ _ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+(@[^\s<>()\[\]\\,;:\"@]+)?")
 
 
 class Pickup:
-    def __init__(self, spool: Spool, cfg):
+    def __init__(self, spool: Spool, cfg, srs=None):
         self.spool = spool
         self.cfg = cfg.daemon.queue
         self.core = cfg.core
@@ -64,7 +64,7 @@ class Pickup:
             from ..policy import RecipientPolicy
 
             self.policy = RecipientPolicy(cfg.core, cfg.daemon.recipients, UserDB(cfg.core.auth.users_file),
-                                          Aliases(cfg.daemon.recipients.aliases_file))
+                                          Aliases(cfg.daemon.recipients.aliases_file), srs=srs)
         except Exception as e:   # no users file or aliases: local recipients go to the MDA as they are
             log.warn("pickup cannot expand local recipients: {why}", why=str(e))
 
