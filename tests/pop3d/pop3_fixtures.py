@@ -3,6 +3,7 @@ the users' maildirs, and a raw line-based client for what poplib cannot send."""
 
 from __future__ import annotations
 
+import poplib
 import socket
 import ssl
 from pathlib import Path
@@ -13,7 +14,8 @@ from tests.support.config import base_config
 
 PASSWORD = "postroom"
 USERS = {f"{name}@example.test": PASSWORD for name in
-         ("demo", "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")}
+         ("demo", "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
+          "kate", "liam", "mona")}
 
 
 def pop3d_config(tmp_path: Path, extra: str = "", core_auth: str = "", users: dict | None = None) -> tuple[Path, int, int]:
@@ -94,6 +96,19 @@ class LineClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def login(port: int, user: str, tls: str = "stls") -> poplib.POP3:
+    """poplib logged in with USER/PASS; tls: "stls", "implicit" or "none"."""
+    if tls == "implicit":
+        client = poplib.POP3_SSL("127.0.0.1", port, context=tls_context(), timeout=10)
+    else:
+        client = poplib.POP3("127.0.0.1", port, timeout=10)
+        if tls == "stls":
+            client.stls(tls_context())
+    client.user(user)
+    client.pass_(PASSWORD)
+    return client
 
 
 def tls_context() -> ssl.SSLContext:

@@ -1,5 +1,6 @@
-"""postroom-pop3d as a process, with poplib over real sockets: states, TLS, the POP3
-lock next to IMAP-style sessions, UPDATE only at QUIT, byte-exact messages."""
+"""postroom-pop3d as a process, with poplib over real sockets: states, TLS, SASL, the
+POP3 lock next to IMAP-style sessions, UPDATE only at QUIT, byte-exact messages, the
+[SYS/TEMP] and [SYS/PERM] codes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from common.storage import INBOX
 from tests.support import wait_for
 
-from .pop3_fixtures import PASSWORD, LineClient, pop3d_config, start, store_for, tls_context
+from .pop3_fixtures import PASSWORD, LineClient, login, maildir, pop3d_config, start, store_for, tls_context
 
 
 @pytest.fixture(scope="module")
@@ -22,18 +23,6 @@ def server(tmp_path_factory):
     yield tmp, pop3, pop3s
     assert daemon.stop() == 0, daemon.output()
     assert "Traceback" not in daemon.output(), daemon.output()
-
-
-def login(port: int, user: str, tls: str = "stls") -> poplib.POP3:
-    if tls == "implicit":
-        client = poplib.POP3_SSL("127.0.0.1", port, context=tls_context(), timeout=10)
-    else:
-        client = poplib.POP3("127.0.0.1", port, timeout=10)
-        if tls == "stls":
-            client.stls(tls_context())
-    client.user(user)
-    client.pass_(PASSWORD)
-    return client
 
 
 def test_full_session_over_stls(server):
@@ -273,3 +262,46 @@ def test_message_expunged_by_imap_during_the_session(server):
     client.dele(1)
     assert client.quit().startswith(b"+OK")
     assert [m.uid for m in store.open_mailbox(INBOX).messages] == [2]
+
+
+def test_auth_login_with_an_initial_response(server):
+    tmp, pop3, _ = server
+    user = "kate@example.test"
+    store_for(tmp, user).deliver(b"Subject: k\n\nx\n")
+    client = LineClient(pop3)
+    client.starttls()
+    b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
+    # RFC 5034: the initial response is the user name; only the password is asked for.
+    assert client.cmd(f"AUTH LOGIN {b64(user)}") == b"+ UGFzc3dvcmQ6"
+    assert client.cmd(b64("wrong")) == b"-ERR [AUTH] Authentication failed."
+    assert client.cmd(f"AUTH LOGIN {b64(user)}") == b"+ UGFzc3dvcmQ6"
+    assert client.cmd(b64(PASSWORD)) == b"+OK Logged in, 1 messages."
+    assert client.cmd("STAT") == b"+OK 1 17"
+    assert client.cmd("QUIT").startswith(b"+OK")
+
+
+def test_sys_temp_and_sys_perm_when_the_maildir_cannot_be_opened(server):
+    """The codes RFC 3206 defines, for what truly yields each: a home that is a file
+    (the maildir cannot be made under it) is temporary; a maildir whose cur/ is a
+    file is a permanent storage problem. Neither answer shows a path, and the
+    session stays in AUTHORIZATION."""
+    tmp, pop3, _ = server
+    home_file = maildir(tmp, "liam@example.test").parent
+    home_file.parent.mkdir(parents=True, exist_ok=True)
+    home_file.write_bytes(b"a file where the home should be")
+    bad_cur = maildir(tmp, "mona@example.test")
+    for sub in ("new", "tmp"):
+        (bad_cur / sub).mkdir(parents=True)
+    (bad_cur / "cur").write_bytes(b"not a directory")
+
+    client = LineClient(pop3)
+    client.starttls()
+    assert client.cmd("USER liam@example.test").startswith(b"+OK")
+    assert client.cmd(f"PASS {PASSWORD}") == b"-ERR [SYS/TEMP] Cannot open the mailbox now."
+    assert client.cmd("USER mona@example.test").startswith(b"+OK")
+    assert client.cmd(f"PASS {PASSWORD}") == b"-ERR [SYS/PERM] Cannot open the mailbox now."
+    # Temporary indeed: once the home is a folder, the same connection logs in.
+    home_file.unlink()
+    assert client.cmd("USER liam@example.test").startswith(b"+OK")
+    assert client.cmd(f"PASS {PASSWORD}") == b"+OK Logged in, 0 messages."
+    assert client.cmd("QUIT").startswith(b"+OK")

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import Daemon, free_port
 
-from .pop3_fixtures import PASSWORD, pop3d_config, start, store_for
+from .pop3_fixtures import PASSWORD, login, pop3d_config, start, store_for
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +31,6 @@ def servers(tmp_path_factory):
     for daemon in (pop3d, imapd):
         assert daemon.stop() == 0, daemon.output()
         assert "Traceback" not in daemon.output(), daemon.output()
-
-
-def pop3_login(port: int, user: str) -> poplib.POP3:
-    client = poplib.POP3("127.0.0.1", port, timeout=10)
-    client.user(user)
-    client.pass_(PASSWORD)
-    return client
 
 
 def imap_login(port: int, user: str) -> imaplib.IMAP4:
@@ -60,7 +53,7 @@ def test_dele_then_quit_reaches_an_open_imap_session_as_expunges(servers):
         store.deliver(f"Subject: {i}\n\nbody {i}\n".encode())
     imap = imap_login(imap_port, user)
     assert imap.select("INBOX") == ("OK", [b"4"])
-    client = pop3_login(pop3, user)
+    client = login(pop3, user, tls="none")
     assert client.dele(1).startswith(b"+OK") and client.dele(3).startswith(b"+OK")
     # Nothing happens before QUIT.
     imap.noop()
@@ -84,7 +77,7 @@ def test_imap_works_while_pop3_holds_the_lock(servers):
     store = store_for(tmp, user)
     for i in range(3):
         store.deliver(f"Subject: {i}\n\nbody {i}\n".encode())
-    client = pop3_login(pop3, user)
+    client = login(pop3, user, tls="none")
     # A second POP3 session is refused, IMAP is not.
     second = poplib.POP3("127.0.0.1", pop3, timeout=10)
     second.user(user)
@@ -113,7 +106,7 @@ def test_imap_works_while_pop3_holds_the_lock(servers):
     assert flags == [{b"\\Flagged"}, {b"\\Seen"}, set()]
     imap.logout()
     # The next POP3 session lists what IMAP added.
-    client = pop3_login(pop3, user)
+    client = login(pop3, user, tls="none")
     assert client.stat()[0] == 3
     assert client.retr(3)[1][-1] == b"new"
     client.quit()
