@@ -1,6 +1,7 @@
 """Other real clients against postroom-pop3d: Twisted's POP3 client, fetchmail on the
-postroom-dev sandbox configuration, and the settings that change behaviour
-(plaintext refused off loopback rules, LOGIN-DELAY, idle timeout, UIDL format)."""
+configuration `postroom-dev --no-start` writes, and the settings that change
+behaviour (plaintext refused off loopback rules, LOGIN-DELAY, idle timeout, UIDL
+format, mark_seen)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import time
 
 import pytest
 
+from common.config import load
 from common.config.core import SandboxContext
-from common.config.pop3d import sandbox_yaml
-from common.storage import INBOX
-from tests.support import Daemon, require_tool
-from tests.support.config import base_config
+from common.storage import INBOX, MailStore
+from common.users import UserDB
+from tests.support import ROOT, Daemon, require_tool
 
-from .pop3_fixtures import PASSWORD, LineClient, pop3d_config, start, store_for, tls_context
+from .pop3_fixtures import PASSWORD, LineClient, login, pop3d_config, start, store_for, tls_context
 
 TWISTED_CLIENT = textwrap.dedent("""
     import json, sys
@@ -105,12 +106,19 @@ def _sandbox_offset() -> int:
 
 @pytest.mark.parametrize("mode", ["stls", "implicit"])
 def test_fetchmail_retrieves_all_mail_from_the_sandbox(tmp_path, mode):
+    """fetchmail against the configuration `postroom-dev --no-start` writes, with the
+    sandbox's demo user and password, as the README tells a newcomer to try it."""
     fetchmail = require_tool("fetchmail")
-    etc = base_config(tmp_path)
-    ctx = SandboxContext(tmp_path, _sandbox_offset())
-    (etc / "pop3d.yaml").write_text(sandbox_yaml(ctx))
+    sandbox = tmp_path / "sandbox"
+    offset = _sandbox_offset()
+    made = subprocess.run([sys.executable, "-m", "common.tools.dev", "--dir", str(sandbox), "--no-start",
+                           "--port-offset", str(offset)], capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    assert made.returncode == 0, made.stdout + made.stderr
+    etc = sandbox / "etc" / "postroom"
+    ctx = SandboxContext(sandbox, offset)
     user = "demo@example.test"
-    store = store_for(tmp_path, user)
+    cfg = load(etc, "pop3d")
+    store = MailStore(UserDB(etc / "users").lookup(user).maildir(cfg.core))
     sent = [f"Subject: message {i}\nMessage-ID: <{i}@example.test>\n\n.line with a dot\nbody {i}\n".encode()
             for i in range(25)]
     for body in sent:
@@ -123,7 +131,7 @@ def test_fetchmail_retrieves_all_mail_from_the_sandbox(tmp_path, mode):
     rc.write_text(textwrap.dedent(f"""\
         set no syslog
         poll 127.0.0.1 with proto POP3 port {port} uidl
-          user "{user}" there with password "{PASSWORD}" is "{os.environ.get('USER', 'root')}" here
+          user "{user}" there with password "postroom" is "{os.environ.get('USER', 'root')}" here
           options fetchall nokeep {tls}
           mda "/bin/sh -c 'cat > {out_dir}/msg.$$'"
         """))
@@ -229,3 +237,22 @@ def test_uidl_format_and_max_messages(tmp_path):
         client.quit()
     finally:
         daemon.stop()
+
+
+def test_mark_seen_false_leaves_retrieved_mail_unseen(tmp_path):
+    etc, pop3, pop3s = pop3d_config(tmp_path, extra="mark_seen: false\n")
+    user = "dave@example.test"
+    store = store_for(tmp_path, user)
+    for i in range(3):
+        store.deliver(f"Subject: {i}\n\nx\n".encode())
+    daemon = start(etc, pop3, pop3s)
+    try:
+        client = login(pop3, user, tls="none")
+        for n in (1, 2, 3):
+            assert client.retr(n)[0].startswith(b"+OK")
+        client.dele(3)
+        assert client.quit().startswith(b"+OK Logging out (2 messages left)")
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+    box = store.open_mailbox(INBOX, readonly=True)
+    assert [(m.uid, sorted(m.flags)) for m in box.messages] == [(1, []), (2, [])]
