@@ -1,7 +1,8 @@
 """Two postroom MTAs on different loopback addresses and a DNS server on loopback:
 MX lookup, STARTTLS between the two, the next MX when the first refuses, IPv6 and
 IPv4, null MX and NXDOMAIN bounced at once, SERVFAIL deferred, DKIM signatures
-verified by dkimpy and by Perl's Mail::DKIM."""
+verified by dkimpy, by Perl's Mail::DKIM (RSA) and by OpenDKIM (RSA and Ed25519, in a
+network namespace of the test's own whose DNS server on 127.0.0.1:53 serves the keys)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ queue:
         b.start(port)
         a.start(sub_port)
         try:
-            yield {"a": a, "b": b, "port": sub_port, "dns": dns, "busy": busy}
+            yield {"a": a, "b": b, "port": sub_port, "dns": dns, "busy": busy, "records": records}
         finally:
             a.stop()
             b.stop()
@@ -194,5 +195,70 @@ def test_dkim_signature_verifies_with_mail_dkim(world):
     results = dict(line.split() for line in r.stdout.decode().splitlines())
     assert results.get("rsa-sha256") == "pass", r.stdout
     # Debian 12's Mail::DKIM (1.20230212) has no Ed25519 code yet and says "invalid";
-    # dkimpy verified that signature above.
+    # OpenDKIM verifies that signature (test_dkim_signatures_verify_with_opendkim).
     assert results.get("ed25519-sha256") in ("pass", "invalid"), r.stdout
+
+
+# In a network and mount namespace of its own: loopback up, /etc/resolv.conf replaced by
+# one naming 127.0.0.1, the test DNS server on port 53 there; then opendkim-testmsg
+# (libopendkim, which asks the system resolver) on each message. $1: the folder.
+IN_NAMESPACE = r"""
+set -e
+ip link set lo up
+mount --bind "$1/resolv.conf" /etc/resolv.conf
+"$PYTHON" -m tests.support.dnsserver --zone-file "$1/zone.json" --port 53 > "$1/dns.out" &
+i=0
+until grep -q '^PORT 53' "$1/dns.out"; do
+  i=$((i + 1)); [ "$i" -lt 200 ] || { echo "dns server did not start"; exit 1; }; sleep 0.05
+done
+for m in "$1"/*.eml; do
+  if opendkim-testmsg < "$m" > "$m.out" 2>&1; then echo "$(basename "$m") pass"
+  else echo "$(basename "$m") fail: $(cat "$m.out")"; fi
+done
+kill $!
+"""
+
+
+def _only_signature(message: bytes, algorithm: bytes) -> bytes:
+    """message without the DKIM-Signature fields of any other algorithm."""
+    head, sep, body = message.partition(b"\r\n\r\n")
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    kept = [f for f in fields if not f.lower().startswith(b"dkim-signature:")
+            or f"a={algorithm.decode()};".encode() in f.replace(b"\r\n", b"").replace(b" ", b"")]
+    return b"\r\n".join(kept) + sep + body
+
+
+def test_dkim_signatures_verify_with_opendkim(world, tmp_path):
+    """Ed25519 (RFC 8463) verified by an implementation other than dkimpy: libopendkim.
+    It resolves through the system resolver, so it runs in a namespace where the
+    system resolver is the test's DNS server."""
+    import json
+    import os
+
+    for tool in ("unshare", "ip", "opendkim-testmsg"):
+        require_tool(tool)
+    submit("127.0.0.2", world["port"], ALICE, ["bob@dest.test"], _msg("bob@dest.test", "signed-opendkim"),
+           user=ALICE)
+    message = _delivered_to_b(world, "signed-opendkim")
+    (tmp_path / "zone.json").write_text(json.dumps(world["records"]))
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:2 attempts:2\n")
+    ed = _only_signature(message, b"ed25519-sha256")
+    rsa = _only_signature(message, b"rsa-sha256")
+    assert ed.count(b"DKIM-Signature:") == 1 and rsa.count(b"DKIM-Signature:") == 1 and b"a=ed25519" in ed
+    (tmp_path / "1-ed25519.eml").write_bytes(ed)
+    (tmp_path / "2-rsa.eml").write_bytes(rsa)
+    (tmp_path / "3-ed25519-changed.eml").write_bytes(ed.replace(b"Hello from A.", b"Hello from X."))
+    r = subprocess.run(["unshare", "-r", "-n", "-m", "sh", "-c", IN_NAMESPACE, "sh", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120, cwd=str(Path(__file__).resolve().parents[2]),
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert results["1-ed25519.eml"] == "pass", r.stdout
+    assert results["2-rsa.eml"] == "pass", r.stdout
+    # A changed body fails: the check is real.
+    assert results["3-ed25519-changed.eml"].startswith("fail") and "signature" in results["3-ed25519-changed.eml"]
