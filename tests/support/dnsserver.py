@@ -253,10 +253,10 @@ def main(argv: list[str] | None = None) -> int:
 
     factory = server.DNSServerFactory()
     factory.resolver = _make_resolver(args.zone_file)
-    udp = dns.DNSDatagramProtocol(factory)
     port = None
     for _ in range(50):  # bounded: find a port free for both UDP and TCP
-        udp_port = reactor.listenUDP(args.port, udp, interface=args.interface)
+        # A fresh protocol each time: one that was bound once cannot be bound again.
+        udp_port = reactor.listenUDP(args.port, dns.DNSDatagramProtocol(factory), interface=args.interface)
         number = udp_port.getHost().port
         try:
             reactor.listenTCP(number, factory, interface=args.interface)
