@@ -3,9 +3,12 @@ address, in a thread, that records what it was given.
 
 It is the *peer* of the code under test (the outbound client), written with the
 standard library only so it shares no code with postroom. Features are switched on
-per test: STARTTLS, AUTH PLAIN/LOGIN, a greeting code, per-recipient refusals, and
-a delay before the final reply to DATA (a message counts as received only once
-that reply was sent, like a real MTA's commit)."""
+per test: STARTTLS, AUTH PLAIN/LOGIN (or only some mechanisms), a greeting code,
+EHLO refused (HELO only), per-recipient refusals, and a delay before the final
+reply to DATA (a message counts as received only once that reply was sent, like a
+real MTA's commit). It records each message, which greeting command and AUTH
+mechanism the client used, and when each transaction ran (MAIL to the final reply),
+so tests can measure concurrency and latency."""
 
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ class Received:
     tls: bool
     auth: str | None
     helo: str
+    hello_verb: str = "EHLO"
+    auth_mechanism: str | None = None
+    received_at: float = 0.0                  # time.monotonic() when the final reply was sent
 
 
 @dataclass
@@ -41,6 +47,8 @@ class SinkOptions:
     data_delay: float = 0.0
     data_reply: str = "250 2.0.0 Ok: queued"
     broken_tls: bool = False                  # STARTTLS answers 220, then the handshake fails
+    ehlo_refused: bool = False                # EHLO gets 502: a client must fall back to HELO
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
 
 
 class Sink:
@@ -50,6 +58,7 @@ class Sink:
         self.connections = 0
         self.concurrent = 0
         self.max_concurrent = 0
+        self.transactions: list[tuple[float, float]] = []   # (MAIL, final reply) in time.monotonic()
         self.lock = threading.Lock()
         sink = self
 
@@ -102,7 +111,10 @@ class Sink:
         f = sock.makefile("rb")
         tls = False
         auth = None
+        mechanism = None
         helo = ""
+        verb_used = "EHLO"
+        started = 0.0
 
         def send(line: str) -> None:
             sock.sendall(line.encode() + b"\r\n")
@@ -120,13 +132,18 @@ class Sink:
                 return
             cmd = line.decode("utf-8", "replace").rstrip("\r\n")
             verb = cmd.split(" ", 1)[0].upper()
-            if verb in ("EHLO", "HELO"):
-                helo = cmd[5:]
+            if verb == "EHLO" and o.ehlo_refused:
+                send("502 5.5.2 Command not recognized")
+            elif verb == "HELO":
+                helo, verb_used = cmd[5:], "HELO"
+                send("250 sink.example")
+            elif verb == "EHLO":
+                helo, verb_used = cmd[5:], "EHLO"
                 exts = list(o.extensions)
                 if (o.certfile or o.broken_tls) and not tls:
                     exts.append("STARTTLS")
                 if o.auth and tls:
-                    exts.append("AUTH PLAIN LOGIN")
+                    exts.append("AUTH " + " ".join(o.auth_mechanisms))
                 lines = ["sink.example"] + exts
                 sock.sendall("".join(f"250{'-' if i < len(lines) - 1 else ' '}{l}\r\n"
                                      for i, l in enumerate(lines)).encode())
@@ -142,7 +159,11 @@ class Sink:
                 tls = True
             elif verb == "AUTH" and o.auth and tls:
                 parts = cmd.split()
-                if parts[1].upper() == "PLAIN":
+                mechanism = parts[1].upper()
+                if mechanism not in o.auth_mechanisms:
+                    send("504 5.5.4 Unrecognized authentication type")
+                    continue
+                if mechanism == "PLAIN":
                     _, user, pw = base64.b64decode(parts[2]).split(b"\0")
                 else:
                     send("334 VXNlcm5hbWU6")
@@ -161,6 +182,7 @@ class Sink:
                 addr, _, mparams = cmd[10:].partition(">")
                 sender, rcpts, rparams = addr.lstrip("<"), [], []
                 mparams = mparams.strip()
+                started = time.monotonic()
                 send("250 2.1.0 Ok")
             elif verb == "RCPT":
                 addr, _, params = cmd[8:].partition(">")
@@ -191,10 +213,12 @@ class Sink:
                     if _peer_closed(sock):
                         return   # the client is gone: nothing was committed
                 send(o.data_reply)
-                if o.data_reply.startswith("2"):
-                    with self.lock:
+                now = time.monotonic()
+                with self.lock:
+                    self.transactions.append((started, now))
+                    if o.data_reply.startswith("2"):
                         self.messages.append(Received(sender, rcpts, b"".join(chunks), mparams, rparams,
-                                                      tls, auth, helo))
+                                                      tls, auth, helo, verb_used, mechanism, now))
                 sender, rcpts = None, []
             elif verb == "RSET":
                 sender, rcpts = None, []
@@ -206,6 +230,16 @@ class Sink:
                 send("250 2.0.0 Ok")
             else:
                 send("502 5.5.2 Command not recognized")
+
+
+def max_overlap(intervals) -> int:
+    """The largest number of (start, end) intervals that overlap at one moment."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
 
 
 def _peer_closed(sock) -> bool:

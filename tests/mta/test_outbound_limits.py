@@ -50,3 +50,31 @@ def test_silent_server_times_out_and_the_next_host_is_tried(tmp_path):
             wait_for(lambda: qid not in spool_files(spool, "active"), 10, what="done")
         finally:
             q.stop()
+
+
+def test_total_connections_are_limited_across_destinations(tmp_path):
+    """Two destinations, each allowed 3 at once, but 2 in total: never more than 2
+    transactions run at the same time over both, and 2 do."""
+    from .queue_sink import max_overlap
+
+    with Sink("127.0.0.3", data_delay=0.3) as one, Sink("127.0.0.4", data_delay=0.3) as two:
+        etc = mta_config(tmp_path, f"""
+            transports:
+              one.test: "smtp:[127.0.0.3]:{one.port}"
+              two.test: "smtp:[127.0.0.4]:{two.port}"
+            tls: none
+            max_connections: 2
+            max_per_destination: 3
+        """)
+        spool = tmp_path / "spool"
+        for i in range(6):
+            spool_message(spool, "alice@example.test", [f"r{i}@one.test"])
+            spool_message(spool, "alice@example.test", [f"r{i}@two.test"])
+        q = start_queue(etc)
+        try:
+            one.wait_for(6, timeout=30)
+            two.wait_for(6, timeout=30)
+            assert max_overlap(one.transactions + two.transactions) == 2
+            assert one.max_concurrent <= 3 and two.max_concurrent <= 3
+        finally:
+            q.stop()
