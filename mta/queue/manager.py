@@ -775,9 +775,16 @@ class QueueManager(Service):
             self.in_mda.setdefault(h.queue_id, set()).update(h.recipients)
         for hid in self.spool.list("mda-done"):
             if hid not in self.handoffs:
+                # Answered while we were down (the MDA removed the request): the answer
+                # names the recipients, which must not be handed off again.
                 qid = hid.partition(".")[0]
+                try:
+                    rcpts = {r.rcpt for r in read_handoff_results(self.spool.path("mda-done", hid))}
+                except (OSError, ValueError, TypeError) as e:
+                    log.error("unreadable hand-off answer {hid}: {why}", queue_id=qid, hid=hid, why=str(e))
+                    continue
                 self._add_handoff(hid, qid)
-                self.in_mda.setdefault(qid, set())
+                self.in_mda.setdefault(qid, set()).update(rcpts)
 
     def _apply_mda_results(self) -> None:
         for hid in self.spool.list("mda-done"):
