@@ -254,7 +254,8 @@ class QueueManager(Service):
             n.startReading()
             for q in ("incoming", "maildrop", "mda-done"):
                 n.watch(filepath.FilePath(str(self.spool.dir(q))),
-                        mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE,
+                        # IN_CREATE: the receiving side links complete files into incoming/.
+                        mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE | inotify.IN_CREATE,
                         callbacks=[lambda *a: self.nudge()])
             self._notifier = n
         except Exception as e:  # no inotify (FreeBSD, limits): the 1 s scan does it
