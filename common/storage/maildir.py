@@ -31,7 +31,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -91,13 +91,24 @@ def _crlf_size(data: bytes) -> int:
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
+def new_unique() -> str:
+    """The unique part of a maildir name, as the maildir rules and Dovecot make it:
+    time.MusecPpidQcounter.host. A caller that must know a delivery's name before
+    writing it (exactly-once) takes one here and passes it to MailStore.deliver."""
+    now = time.time()
+    sec = int(now)
+    usec = int((now - sec) * 1_000_000)
+    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+
+
 def _new_base(size: int, vsize: int, unique: str | None = None) -> str:
-    if unique is None:
-        now = time.time()
-        sec = int(now)
-        usec = int((now - sec) * 1_000_000)
-        unique = f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{_HOST}"
-    return f"{unique},S={size},W={vsize}"
+    return f"{unique or new_unique()},S={size},W={vsize}"
+
+
+#: tmp/ files older than this are leftovers of a crashed write (the maildir rules' 36 hours)
+STALE_TMP_SECONDS = 36 * 3600
+#: when delivery last swept each tmp/ folder in this process (at most once an hour)
+_tmp_swept: dict[str, float] = {}
 
 
 class Message:
@@ -466,14 +477,21 @@ class MailStore:
 
     def deliver(self, message: bytes, mailbox: str = INBOX, *, flags: Iterable[str] = (), create: bool = False,
                 quota: tuple[int | None, int | None] | None = None, quota_temporary: bool = False,
-                unique: str | None = None, sync_dir: bool = True) -> str:
+                unique: str | None = None, sync_dir: bool = True, sync_file: bool = True,
+                before_rename: Callable[[], object] | None = None) -> str:
         """Lock-free maildir delivery; returns the file name once it is durable.
 
-        tmp/ under a unique name, fsync, rename into new/ (or cur/ with flags), fsync
-        the directory. `unique` makes the base name deterministic (exactly-once).
-        With sync_dir=False the directory is not fsync'd: the caller must fsync
-        `delivery_dir(mailbox, name)` before telling anyone the message is safe
-        (group commit of several deliveries)."""
+        tmp/ under a name of its own, fsync, rename into new/ (or cur/ with flags),
+        fsync the directory. `unique` (from `new_unique()`, chosen and recorded by the
+        caller beforehand) fixes the final name, so a retry can look for it with
+        `delivered()`; the tmp/ name is always fresh, so a write killed half way never
+        blocks the next one (its leftover is swept after 36 hours).
+        With sync_dir=False the directory is not fsync'd, with sync_file=False the
+        file is not: the caller must make them durable (fsync `delivery_dir(mailbox,
+        name)` and the file, or syncfs(2) the filesystem) before telling anyone the
+        message is safe (group commit of several deliveries). before_rename, if
+        given, is called between the write and the rename (tests kill the process
+        there)."""
         name = self._validate(mailbox)
         if unique is not None and not _UNIQUE_RE.fullmatch(unique):
             raise StorageError(f"bad unique delivery name {unique!r}", temporary=False)
@@ -490,11 +508,13 @@ class MailStore:
             if MaildirSize.over(quota, bytes_used, count_used, max(size, 1)):
                 raise QuotaExceeded(f"over quota: {bytes_used}+{size} bytes, {count_used} messages",
                                     temporary=quota_temporary)
-        base = _new_base(size, _crlf_size(message), unique)
+        vsize = _crlf_size(message)
+        base = _new_base(size, vsize, unique)
         letters = _flag_letters(flags)
         subdir, final = ("cur", f"{base}:2,{letters}") if letters else ("new", base)
         try:
-            self._write_into(self.mailbox_path(name), base, final, subdir, message, sync_dir=sync_dir)
+            self._write_into(self.mailbox_path(name), _new_base(size, vsize), final, subdir, message,
+                             sync_dir=sync_dir, sync_file=sync_file, before_rename=before_rename)
         except OSError as e:
             raise _wrap_os_error(e, f"delivering to {name}") from e
         if quota is not None or self.quota.path.exists():
@@ -505,19 +525,36 @@ class MailStore:
         """The folder (new/ or cur/) that deliver() put the file name into."""
         return self.mailbox_path(self._validate(mailbox)) / ("cur" if ":2," in name else "new")
 
-    def _write_into(self, mbox_path: Path, tmp_name: str, final: str, subdir: str, data: bytes,
-                    mtime: float | None = None, sync_dir: bool = True) -> None:
-        """Write data durably into mbox_path/subdir/final via tmp/, using descriptors
-        opened without following symlinks."""
+    def _open_box(self, mbox_path: Path) -> tuple[int, int]:
+        """Descriptors of the root and of the folder mbox_path (the same for INBOX),
+        each opened with O_NOFOLLOW relative to its parent: a symlink swapped in for
+        the maildir or a folder fails (ELOOP/ENOTDIR) instead of being followed."""
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        box_fd = os.open(mbox_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        root_fd = os.open(self.root, flags)
+        if mbox_path == self.root:
+            return root_fd, root_fd
+        try:
+            if mbox_path.parent != self.root:
+                raise StorageError(f"{mbox_path} is not a folder of {self.root}", temporary=False)
+            return root_fd, os.open(mbox_path.name, flags, dir_fd=root_fd)
+        except BaseException:
+            os.close(root_fd)
+            raise
+
+    def _write_into(self, mbox_path: Path, tmp_name: str, final: str, subdir: str, data: bytes,
+                    mtime: float | None = None, sync_dir: bool = True, sync_file: bool = True,
+                    before_rename: Callable[[], object] | None = None) -> None:
+        """Write data into mbox_path/subdir/final via tmp/tmp_name, using descriptors
+        opened without following symlinks from the maildir root down. Durable on
+        return unless the caller took over the fsyncs (sync_file, sync_dir)."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        root_fd, box_fd = self._open_box(mbox_path)
+        fds = {root_fd, box_fd}
         try:
             tmp_fd = os.open("tmp", flags, dir_fd=box_fd)
+            fds.add(tmp_fd)
             dst_fd = os.open(subdir, flags, dir_fd=box_fd)
-        except BaseException:
-            os.close(box_fd)
-            raise
-        try:
+            fds.add(dst_fd)
             fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600, dir_fd=tmp_fd)
             try:
@@ -528,36 +565,66 @@ class MailStore:
                     os.fchown(fd, *self.owner)
                 if mtime is not None:
                     os.utime(fd, (mtime, mtime))
-                os.fsync(fd)
+                if sync_file:
+                    os.fsync(fd)
+                if before_rename is not None:
+                    before_rename()
+                os.rename(tmp_name, final, src_dir_fd=tmp_fd, dst_dir_fd=dst_fd)
             except BaseException:
-                os.close(fd)
                 try:
                     os.unlink(tmp_name, dir_fd=tmp_fd)
                 except OSError:
                     pass
                 raise
-            os.close(fd)
-            os.rename(tmp_name, final, src_dir_fd=tmp_fd, dst_dir_fd=dst_fd)
+            finally:
+                os.close(fd)
             if sync_dir:
                 os.fsync(dst_fd)
+            # Leftovers of writes killed half way (their names are never reused).
+            key = f"{mbox_path}"
+            now = time.time()
+            if now - _tmp_swept.get(key, 0.0) > 3600:
+                _tmp_swept[key] = now
+                for entry in os.scandir(tmp_fd):
+                    try:
+                        if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS:
+                            os.unlink(entry.name, dir_fd=tmp_fd)
+                    except OSError:
+                        pass
         finally:
-            os.close(tmp_fd)
-            os.close(dst_fd)
-            os.close(box_fd)
+            for f in fds:
+                os.close(f)
 
     def delivered(self, unique: str, mailbox: str = INBOX) -> bool:
-        """Whether a message delivered with this `unique` is in the mailbox."""
-        path = self.mailbox_path(mailbox)
-        for sub in ("new", "cur"):
-            try:
-                names = os.listdir(path / sub)
-            except FileNotFoundError:
-                continue
-            for filename in names:
-                base = _split_name(filename)[0]
-                if base == unique or base.startswith(unique + ","):
-                    return True
-        return False
+        """Whether a message delivered with this `unique` is in the mailbox (new/ or
+        cur/, whatever flags it has now)."""
+        try:
+            root_fd, box_fd = self._open_box(self.mailbox_path(mailbox))
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise _wrap_os_error(e, f"looking into {mailbox}") from e
+        try:
+            for sub in ("new", "cur"):
+                try:
+                    sub_fd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=box_fd)
+                except FileNotFoundError:
+                    continue
+                try:
+                    names = os.listdir(sub_fd)
+                finally:
+                    os.close(sub_fd)
+                for filename in names:
+                    base = _split_name(filename)[0]
+                    if base == unique or base.startswith(unique + ","):
+                        return True
+            return False
+        except OSError as e:
+            raise _wrap_os_error(e, f"looking into {mailbox}") from e
+        finally:
+            os.close(box_fd)
+            if root_fd != box_fd:
+                os.close(root_fd)
 
     def quota_usage(self) -> tuple[int, int]:
         return self.quota.usage()
