@@ -3,7 +3,8 @@
 date tests a date-part of a date in a header field (for Received, the date after
 the last ";"); currentdate tests the time of delivery. :zone "+hhmm" converts to
 that zone, :originalzone keeps the header's own; without either the server's
-local zone is used. A header whose date does not parse makes the test false.
+local zone is used. A header whose date does not parse, or cannot be shown in the
+zone asked for (year 9999 a zone to the east), makes the test false.
 """
 
 from __future__ import annotations
@@ -128,7 +129,10 @@ def test_date(node: Node, ctx: Context) -> bool:
     for value in found:
         dt = parse_header_date(value, header)
         if dt is not None:
-            values.append(_part(node, ctx, dt))
+            try:
+                values.append(_part(node, ctx, dt))
+            except (OverflowError, ValueError):
+                continue   # out of range once converted (Date: Fri, 31 Dec 9999 23:59:59 -1200)
     return ctx.match(node, values, node.positional[2])
 
 

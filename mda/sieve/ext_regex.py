@@ -1,14 +1,18 @@
 """mda.sieve.ext_regex -- the :regex match type (draft-ietf-sieve-regex) and the
 :quoteregex modifier of "set". Patterns are POSIX extended regular expressions,
-run with Python's re (the common subset behaves the same); with the
-i;ascii-casemap comparator matching ignores case. Groups fill ${1}..${9}.
+run with the `regex` module (Python's re syntax; the common subset behaves as
+POSIX does); with the i;ascii-casemap comparator matching ignores case. Groups fill
+${1}..${9}.
 
 SECURITY: patterns come from the script's owner; they run only against bounded
-values (header values and body text are capped by the interpreter)."""
+values (header values and body text are capped by the interpreter) and within the
+script's run time (the module's match timeout)."""
 
 from __future__ import annotations
 
 import re
+
+import regex
 
 from .interpreter import regex_compile
 from .parser import REGISTRY, Checker, Node, TagSpec
@@ -29,7 +33,7 @@ def check_constant_patterns(node: Node, checker: Checker) -> None:
             continue
         try:
             regex_compile(key, False)
-        except re.error as e:
+        except regex.error as e:
             raise checker.fail(node, f"bad regular expression {key!r}: {e}") from None
 
 

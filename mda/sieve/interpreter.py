@@ -13,10 +13,16 @@ Rules kept here (RFC 5228 section 2.10):
   because of a broken script; the error is reported in `Result.errors`;
 - the same folder is filed into once, whatever the number of keep/fileinto.
 
+- any other exception while running (a bug, a value no test expected) is logged
+  and handled like a runtime error: the implicit keep.
+
 SECURITY: message headers and bodies are untrusted. Run time, the number of
 commands executed, actions, redirects, include depth and count, and variable sizes
 are all bounded by `Limits`. Regular expressions come from the script's owner and
-run against bounded input only (header values and body text are capped).
+run against bounded input only (header values and body text are capped), with
+the `regex` module's timeout set to the run time left (for :matches too), so a
+pattern that backtracks without end (`^(a|a)*$`) is stopped like any script over
+its time.
 """
 
 from __future__ import annotations
@@ -33,8 +39,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import regex
+
+from common.log import get_logger
+
 from .lexer import SieveSyntaxError
 from .parser import Node, Script
+
+log = get_logger("mda.sieve")
 
 MAX_VALUE_LENGTH = 64 * 1024     # header values and body text longer than this are cut for matching
 MAX_REGEX_INPUT = 8 * 1024       # :regex looks at no more than this of each value (backtracking bound)
@@ -242,7 +254,7 @@ RELATIONAL = {
 
 
 @functools.lru_cache(maxsize=512)
-def glob_regex(pattern: str, case_insensitive: bool) -> re.Pattern:
+def glob_regex(pattern: str, case_insensitive: bool) -> regex.Pattern:
     """A :matches pattern as a regular expression. Each wildcard is a group matching
     as little as possible, which gives the match variables of RFC 5229 3.2."""
     out = []
@@ -260,14 +272,16 @@ def glob_regex(pattern: str, case_insensitive: bool) -> re.Pattern:
         else:
             out.append(re.escape(c))
         i += 1
-    flags = re.DOTALL | ((re.IGNORECASE | re.ASCII) if case_insensitive else 0)
-    return re.compile("".join(out) + r"\Z", flags)
+    flags = regex.DOTALL | ((regex.IGNORECASE | regex.ASCII) if case_insensitive else 0)
+    return regex.compile("".join(out) + r"\Z", flags)
 
 
 @functools.lru_cache(maxsize=512)
-def regex_compile(pattern: str, case_insensitive: bool) -> re.Pattern:
-    flags = re.DOTALL | (re.IGNORECASE if case_insensitive else 0)
-    return re.compile(pattern, flags)
+def regex_compile(pattern: str, case_insensitive: bool) -> regex.Pattern:
+    """A :regex key compiled with the `regex` module (re's syntax, plus a timeout on
+    matching); raises regex.error for a bad pattern."""
+    flags = regex.DOTALL | (regex.IGNORECASE if case_insensitive else 0)
+    return regex.compile(pattern, flags)
 
 
 # -- actions and the result ----------------------------------------------------------------
@@ -454,6 +468,11 @@ class Context:
         if time.monotonic() > self.deadline:
             raise self.fail("run time limit exceeded", node)
 
+    def time_left(self) -> float:
+        """Seconds of run time left, for the pattern matchers' timeout (never 0, which
+        the regex module takes as no limit)."""
+        return max(self.deadline - time.monotonic(), 0.0001)
+
     def count_action(self, node: Node) -> None:
         self.actions += 1
         if self.actions > self.limits.max_actions:
@@ -522,15 +541,21 @@ class Context:
                     if comp.contains(v, k):
                         return True
                 elif mtype == "matches":
-                    m = glob_regex(k, comp.case_insensitive).match(v)
+                    try:
+                        m = glob_regex(k, comp.case_insensitive).match(v, timeout=self.time_left())
+                    except TimeoutError:
+                        raise self.fail("run time limit exceeded (:matches)", node) from None
                     if m:
                         self.set_match_vars(v, m.groups())
                         return True
                 elif mtype == "regex":
                     try:
-                        m = regex_compile(k, comp.case_insensitive).search(v[:MAX_REGEX_INPUT])
-                    except re.error as e:
+                        m = regex_compile(k, comp.case_insensitive).search(v[:MAX_REGEX_INPUT],
+                                                                          timeout=self.time_left())
+                    except regex.error as e:
                         raise self.fail(f"bad regular expression {k!r}: {e}", node) from None
+                    except TimeoutError:
+                        raise self.fail("run time limit exceeded (regular expression)", node) from None
                     if m:
                         self.set_match_vars(m.group(0), m.groups())
                         return True
@@ -614,6 +639,10 @@ def run(scripts: list[Script] | Script, message: Message, envelope: EnvelopeInfo
         return fallback_result(str(e))
     except RecursionError:
         return fallback_result("script nesting too deep")
+    except Exception as e:  # noqa: BLE001 - never lose mail over a failing script run
+        where = f"{ctx.script_name}: " if ctx.script_name else ""
+        log.failure("Sieve run failed unexpectedly; implicit keep")
+        return fallback_result(f"{where}internal error ({type(e).__name__}); implicit keep")
     result = ctx.result
     if result.reject is not None and (result.deliveries or result.redirects):
         return fallback_result("reject cannot be combined with keep, fileinto or redirect")

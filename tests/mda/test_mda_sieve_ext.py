@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from mda.sieve import Environment, parse
+from mda.sieve import Environment, Limits, parse
 from tests.mda.test_mda_sieve_base import MSG, decide, folders, syntax_error
 
 
@@ -285,6 +285,31 @@ def test_quoteregex_modifier():
     assert folders(decide(s)) == ["a\\.b\\*"]
 
 
+def test_regex_that_backtracks_is_stopped_by_the_run_time_limit():
+    """A pattern with catastrophic backtracking costs at most the run time left: the
+    script is stopped and the message goes to INBOX (it took 9.6 s with re)."""
+    import time
+    msg = MSG.replace(b"Subject: Make lots of money fast", b"Subject: " + b"a" * 28 + b"!")
+    s = 'require ["regex", "fileinto"]; if header :regex "subject" "^(a|a)*$" { fileinto "Never"; }'
+    started = time.monotonic()
+    r = decide(s, msg, limits=Limits(max_run_time=0.2))
+    assert time.monotonic() - started < 1.5
+    assert folders(r) == ["INBOX"] and "run time limit" in r.errors[0]
+    # The same kind of pattern behaves on a value it matches quickly.
+    assert folders(decide(s.replace("Never", "Quick"), MSG.replace(b"Subject: Make lots of money fast", b"Subject: aaa"),
+                          limits=Limits(max_run_time=0.2))) == ["Quick"]
+
+
+def test_matches_is_bounded_by_the_run_time_limit_too():
+    import time
+    msg = MSG.replace(b"Subject: Make lots of money fast", b"Subject: " + b"ab" * 30000)
+    s = 'if header :matches "subject" "*a*b*c*d*e*f*g*h*" { discard; }'
+    started = time.monotonic()
+    r = decide(s, msg, limits=Limits(max_run_time=0.2))
+    assert time.monotonic() - started < 1.5
+    assert folders(r) == ["INBOX"] and "run time limit" in r.errors[0]
+
+
 # -- include (RFC 6609) ----------------------------------------------------------------------------
 
 class IncludeEnv(Environment):
@@ -372,6 +397,40 @@ def test_date_received_with_index_rfc5260():
     assert folders(decide(s, msg)) == []
     s = s.replace(":index 1", ":index 1 :last")
     assert folders(decide(s, msg)) == ["INBOX"]
+
+
+def test_date_far_in_the_future_in_a_zone_is_false_not_a_failure():
+    """Date: 31 Dec 9999 -1200 is past year 9999 in UTC: the date cannot be shown there,
+    so the test is false (it raised OverflowError, and the delivery failed forever)."""
+    msg = MSG.replace(b"Subject:", b"Date: Fri, 31 Dec 9999 23:59:59 -1200\r\nSubject:")
+    for zone in ('', ':zone "+0000" ', ':zone "+1400" '):
+        s = f'require ["date", "fileinto"]; if date {zone}:is "date" "year" "9999" {{ fileinto "Y"; }}'
+        r = decide(s, msg)
+        assert folders(r) == ["INBOX"] and not r.errors, (zone, r.errors)
+    s = 'require ["date", "fileinto"]; if date :originalzone :is "date" "year" "9999" { fileinto "Y"; }'
+    assert folders(decide(s, msg)) == ["Y"]
+
+
+def test_any_unexpected_exception_in_a_run_is_the_implicit_keep():
+    class Broken(Environment):
+        def mailbox_exists(self, name):
+            raise RuntimeError("storage exploded")
+    s = 'require ["mailbox", "fileinto"]; fileinto "A"; if mailboxexists "X" { discard; }'
+    r = decide(s, env=Broken())
+    assert folders(r) == ["INBOX"] and "internal error (RuntimeError)" in r.errors[0]
+
+
+def test_address_index_and_last():
+    msg = MSG.replace(b"From: Tim <tim@example.com>\r\n", b"From: one@a.example\r\nFrom: Two <two@b.example>\r\n")
+    s = 'require "index"; if address :index 2 :domain "from" "b.example" { discard; }'
+    assert folders(decide(s, msg)) == []
+    s = 'require "index"; if address :index 1 :domain "from" "b.example" { discard; }'
+    assert folders(decide(s, msg)) == ["INBOX"]
+    s = 'require "index"; if address :index 1 :last :localpart "from" "two" { discard; }'
+    assert folders(decide(s, msg)) == []
+    s = 'require "index"; if address :index 3 "from" "one@a.example" { discard; }'
+    assert folders(decide(s, msg)) == ["INBOX"]
+    assert ":index counts from 1" in syntax_error('require "index"; if address :index 0 "from" "x" { keep; }').message
 
 
 def test_header_index_and_last():
