@@ -268,8 +268,10 @@ def mta_config(tmp_path, queue_yaml: str, extra_yaml: str = "", local_domains=("
     return etc
 
 
-def spool_message(spool_root, sender: str, rcpts, message: bytes | None = None, **env) -> str:
-    """Queue a message the way the receiving side does (a durable file in incoming/)."""
+def spool_message(spool_root, sender: str, rcpts, message: bytes | None = None, queue: str = "incoming",
+                  **env) -> str:
+    """Queue a message the way the receiving side does (a durable file in incoming/,
+    or in the queue given)."""
     from common.spool import Envelope, Recipient, Spool, encode
 
     spool = Spool(spool_root, create=True)
@@ -279,7 +281,7 @@ def spool_message(spool_root, sender: str, rcpts, message: bytes | None = None, 
                    f"Subject: test\r\nMessage-ID: <{time.time_ns()}@example.test>\r\n\r\nHello.\r\n").encode()
     envelope = Envelope(sender=sender, recipients=recipients, **env)
     chunks = encode(envelope, message)
-    spool.write(envelope, [chunks[1]], "incoming")
+    spool.write(envelope, [chunks[1]], queue)
     return envelope.queue_id
 
 

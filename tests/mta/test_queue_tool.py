@@ -25,13 +25,16 @@ def tool(etc, *args, name="postroom-queue"):
 def deferred_message(spool_root: Path, rcpt: str, reason: str = "connect to mx: Connection refused") -> str:
     """A message as the manager leaves it after a failed attempt: in deferred/ with a
     status record, its next attempt an hour away."""
-    qid = spool_message(spool_root, "alice@example.test", [Recipient(rcpt), Recipient("done@remote.test")])
+    # Made in hold/, where a running queue manager does not look, then moved when complete.
+    qid = spool_message(spool_root, "alice@example.test", [Recipient(rcpt), Recipient("done@remote.test")],
+                        queue="hold")
     spool = Spool(spool_root)
-    path = spool.move(qid, "incoming", "deferred")
+    path = spool.path("hold", qid)
     later = time.time() + 3600
     spool.append_status(path, [status_record(0, DEFERRED, status="4.4.1", reason=reason, next_attempt=later),
                                status_record(1, "delivered", status="2.0.0", reason="ok")])
     os.utime(path, (later, later))
+    spool.move(qid, "hold", "deferred")
     return qid
 
 
