@@ -1,27 +1,32 @@
 """mda.consumer -- the spool consumer: deliver the queue manager's hand-offs.
 
 The queue manager writes mda/<handoff_id> (a `common.spool.Handoff`: which local
-recipients of which spool file). For each one the consumer:
+recipients of which spool file). A worker takes a batch of hand-offs and:
 
-1. delivers every listed recipient with `mda.delivery` (in a thread pool, so the
-   fsync waits of several hand-offs overlap); a worker delivers a batch of
-   hand-offs, then fsyncs each maildir folder they wrote once;
-2. writes mda-done/<handoff_id> with one `HandoffResult` per recipient, durably;
-3. only then removes mda/<handoff_id>.
+1. decides every listed recipient's delivery (`Deliverer.prepare`: the plan an
+   earlier attempt recorded, else Sieve's, recorded in the journal) and makes the
+   new plans durable together;
+2. carries the plans out (`Deliverer.commit`) and makes every maildir write of the
+   batch durable together;
+3. writes mda-done/<handoff_id> with one `HandoffResult` per recipient, durably;
+4. forgets the plans of recipients answered for good (delivered or bounced), and
+   only then removes mda/<handoff_id>.
 
 A crash at any point loses nothing: the request stays until its answer is durable.
-A retry after a crash does not deliver a second copy: each file gets the
-deterministic base name <handoff_id>.<recipient index>, and for hand-offs found at
-start (the only ones an earlier run can have touched) each folder is checked for
-it first; redirects and vacation replies leave markers (see mda.delivery). An
-answer already in mda-done/ means only the removal was missed.
+No attempt delivers a second copy: the plan is keyed by the spool file's queue ID
+and the recipient's index, not by the hand-off (the queue manager makes a new one
+per attempt), and every attempt looks for it first (see mda.delivery). An answer
+already in mda-done/ means only the removal was missed.
 
-Hand-offs are picked up at once through inotify (Linux), and by a periodic scan
-everywhere (the only way on FreeBSD, and a safety net).
+Hand-offs are picked up at once through inotify (Linux), and by a scan every
+scan_interval everywhere, whether or not the folder changed (the only way on
+FreeBSD, and how a batch that failed, say for a full disk, is tried again while
+nothing else happens).
 
-POSTROOM_TEST_CRASH_AT (test only, never set in production): a comma-separated
-list of points (start, after_deliver, before_results, after_results, after_remove)
-where the process kills itself with SIGKILL, so tests can check the rules above.
+POSTROOM_TEST_CRASH_AT (test only, never set in production; see mda.crashpoints)
+names points where the process kills itself with SIGKILL: start, after_plans,
+inside_write, between_folders, after_deliver, after_maildrop, before_results,
+after_results, after_remove.
 
 SECURITY: hand-offs and spool files are written by the MTA's user and trusted as
 far as their format goes; a hand-off that does not parse is moved to corrupt/.
@@ -31,10 +36,10 @@ Messages are untrusted and only passed to mda.delivery.
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -42,56 +47,56 @@ from common.errors import MailError
 from common.fsutil import fsync_dir
 from common.log import get_logger
 from common.spool import (BOUNCED, DEFERRED, DELIVERED, CorruptSpoolFile, Handoff, HandoffResult, Spool, parse,
-                          write_handoff_results)
+                          read_handoff_results, write_handoff_results)
 
-from .delivery import Deliverer, DeliveryRequest
+from .crashpoints import crash_point
+from .delivery import Deliverer, DeliveryRequest, Prepared
+from .groupsync import GroupSync
+from .journal import key_of
 
 log = get_logger("mda.consumer")
 
 #: hand-offs one worker delivers before answering them with one directory fsync
 BATCH = 16
-#: seconds before a batch that failed (disk full for the answers...) is tried again
-RETRY_DELAY = 10.0
-
-CRASH_POINTS = frozenset(os.environ.get("POSTROOM_TEST_CRASH_AT", "").replace(" ", "").split(",")) - {""}
-
-
-def crash_point(name: str) -> None:
-    """Test only: die here, as a power cut would, when POSTROOM_TEST_CRASH_AT names it."""
-    if name in CRASH_POINTS:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class HandoffProcessor:
-    """Delivers one hand-off at a time; safe to call from several threads."""
+    """Delivers batches of hand-offs; safe to call from several threads."""
 
     def __init__(self, spool: Spool, deliverer: Deliverer, detail_folders: bool):
         self.spool = spool
         self.deliverer = deliverer
         self.detail_folders = detail_folders
 
-    def process(self, handoff_id: str, retry: bool) -> list[HandoffResult] | None:
+    def process(self, handoff_id: str) -> list[HandoffResult] | None:
         """Deliver, answer, remove one hand-off. Returns the results (None if there was
         nothing to do)."""
-        return self.process_batch([handoff_id], {handoff_id} if retry else set()).get(handoff_id)
+        return self.process_batch([handoff_id]).get(handoff_id)
 
-    def process_batch(self, handoff_ids: list[str], retry: set[str]) -> dict[str, list[HandoffResult]]:
+    def process_batch(self, handoff_ids: list[str]) -> dict[str, list[HandoffResult]]:
         """Deliver several hand-offs, then answer them all with one directory fsync
         (group commit), then remove them all with one more."""
-        answers: dict[str, list[HandoffResult]] = {}
         finished: list[str] = []
-        folders: set = set()   # maildir folders written, fsync'd once each below
+        final: list[str] = []    # exactly-once keys answered for good: their plans go
+        work: list[tuple[str, Handoff, list]] = []   # (hid, hand-off, slots)
+        group = GroupSync()
         crash_point("start")
         for hid in handoff_ids:
             if self.spool.path("mda-done", hid).exists():
                 finished.append(hid)   # answered before a crash; only the removal was missed
+                final += self._answered_for_good(hid)
                 continue
             handoff = self._read(hid)
-            if handoff is None:
-                continue
-            answers[hid] = self.deliver_all(handoff, hid in retry, folders)
-        for folder in folders:
-            fsync_dir(folder)   # every delivery of the batch is on disk before any answer
+            if handoff is not None:
+                work.append((hid, handoff, self.prepare_all(handoff, group)))
+        group.flush()            # every new plan is durable before the first write
+        crash_point("after_plans")
+        answers: dict[str, list[HandoffResult]] = {}
+        for hid, handoff, slots in work:
+            answers[hid] = [self._commit(slot, group) for slot in slots]
+            final += [slot[0].req.key for slot, result in zip(slots, answers[hid])
+                      if isinstance(slot[0], Prepared) and result.state != DEFERRED]
+        group.flush()            # every delivery of the batch is on disk before any answer
         crash_point("before_results")
         if answers:
             for hid, results in answers.items():
@@ -99,6 +104,10 @@ class HandoffProcessor:
             fsync_dir(self.spool.dir("mda-done"))
             fsync_dir(self.spool.dir("tmp"))
         crash_point("after_results")
+        # Answered for good: the plans go first, so that a crash after the removal
+        # below leaves none behind (before it, the answer is found again at restart).
+        for key in final:
+            self.deliverer.journal.remove(key)
         removed = False
         for hid in [*answers, *finished]:
             try:
@@ -111,11 +120,23 @@ class HandoffProcessor:
         crash_point("after_remove")
         return answers
 
+    def _answered_for_good(self, handoff_id: str) -> list[str]:
+        """The keys of an answered hand-off's recipients that were delivered or bounced."""
+        handoff = self._read(handoff_id)
+        try:
+            results = read_handoff_results(self.spool.path("mda-done", handoff_id))
+        except (OSError, ValueError, TypeError):
+            return []
+        if handoff is None:
+            return []
+        return [key_of(handoff.queue_id, r.rcpt) for r in results if r.state != DEFERRED]
+
     def _read(self, handoff_id: str) -> Handoff | None:
         try:
             handoff = Handoff.from_json(self.spool.path("mda", handoff_id).read_bytes())
             if handoff.handoff_id != handoff_id or not isinstance(handoff.recipients, list):
                 raise ValueError("hand-off id mismatch")
+            key_of(handoff.queue_id, 0)
             return handoff
         except FileNotFoundError:
             return None
@@ -124,43 +145,60 @@ class HandoffProcessor:
             self.spool.move(handoff_id, "mda", "corrupt")
             return None
 
-    def deliver_all(self, handoff: Handoff, retry: bool, folders: set | None = None) -> list[HandoffResult]:
-        """Deliver every listed recipient. With folders (a set) the maildir folders
-        written are added there, not fsync'd: the caller fsyncs them before answering."""
+    def prepare_all(self, handoff: Handoff, group: GroupSync) -> list:
+        """Decide every listed recipient: a list of (Prepared or HandoffResult, index,
+        address, log context), the new plans added to group."""
         try:
             sf = parse(Path(handoff.spool_path))
             message = sf.read_message()
         except (CorruptSpoolFile, OSError) as e:
             log.error("hand-off {hid}: spool file unreadable: {error}", hid=handoff.handoff_id, error=str(e),
                       queue_id=handoff.queue_id)
-            return [HandoffResult(i, DEFERRED, "4.3.0", "spool file unreadable") for i in handoff.recipients]
+            return [(HandoffResult(i, DEFERRED, "4.3.0", "spool file unreadable"), i, "", {})
+                    for i in handoff.recipients]
         env = sf.envelope
-        results = []
+        slots = []
         for index in handoff.recipients:
             if not isinstance(index, int) or not 0 <= index < len(env.recipients):
-                log.error("hand-off {hid}: no recipient {index}", hid=handoff.handoff_id, index=index)
+                log.error("hand-off {hid}: no recipient {index}", hid=handoff.handoff_id, index=index,
+                          queue_id=env.queue_id, trace_id=env.trace_id)
                 continue
             rcpt = env.recipients[index]
             req = DeliveryRequest(
                 message=message, sender=env.sender, recipient=rcpt.address, user=rcpt.mailbox,
-                detail=rcpt.folder, original_recipient=rcpt.original, unique=f"{handoff.handoff_id}.{index}", retry=retry, trace_id=env.trace_id,
-                sync_dirs=folders)
+                detail=rcpt.folder, original_recipient=rcpt.original, key=key_of(handoff.queue_id, index),
+                trace_id=env.trace_id, queue_id=env.queue_id, group=group)
+            ctx = req.log_context()
             try:
-                report = self.deliverer.deliver(req)
-            except MailError as e:
-                state = DEFERRED if e.temporary else BOUNCED
-                log.info("to=<{rcpt}> {state}: {code} {enhanced} {detail}", rcpt=rcpt.address, state=state,
-                         code=e.code, enhanced=e.enhanced, detail=e.detail, queue_id=env.queue_id)
-                results.append(HandoffResult(index, state, e.enhanced, e.public))
-            except Exception as e:  # noqa: BLE001 - any unexpected error is a temporary failure
-                log.failure("to=<{rcpt}> deferred: unexpected error", rcpt=rcpt.address, queue_id=env.queue_id)
-                results.append(HandoffResult(index, DEFERRED, "4.3.0", f"temporary local problem ({type(e).__name__})"))
-            else:
-                where = ",".join(report.mailboxes) or ("redirected" if report.redirects else "discarded")
-                log.info("to=<{rcpt}> delivered: {where}", rcpt=rcpt.address, where=where, queue_id=env.queue_id)
-                results.append(HandoffResult(index, DELIVERED, "2.0.0", f"delivered to {where}"[:200]))
+                slots.append((self.deliverer.prepare(req), index, rcpt.address, ctx))
+            except Exception as e:  # noqa: BLE001 - reported as the recipient's result
+                slots.append((self._failed(e, index, rcpt.address, ctx), index, rcpt.address, ctx))
+        return slots
+
+    def _commit(self, slot, group: GroupSync) -> HandoffResult:
+        prepared, index, address, ctx = slot
+        if isinstance(prepared, HandoffResult):
+            return prepared
+        try:
+            report = self.deliverer.commit(prepared)
+        except Exception as e:  # noqa: BLE001 - reported as the recipient's result
+            return self._failed(e, index, address, ctx)
+        finally:
             crash_point("after_deliver")
-        return results
+        where = ",".join(report.mailboxes) or ("redirected" if report.redirects else "discarded")
+        log.info("to=<{rcpt}> delivered: {where}", rcpt=address, where=where, **ctx)
+        return HandoffResult(index, DELIVERED, "2.0.0", f"delivered to {where}"[:200])
+
+    @staticmethod
+    def _failed(e: Exception, index: int, address: str, ctx: dict) -> HandoffResult:
+        if isinstance(e, MailError):
+            state = DEFERRED if e.temporary else BOUNCED
+            log.info("to=<{rcpt}> {state}: {code} {enhanced} {detail}", rcpt=address, state=state,
+                     code=e.code, enhanced=e.enhanced, detail=e.detail, **ctx)
+            return HandoffResult(index, state, e.enhanced, e.public)
+        # Any unexpected error is a temporary failure (called in the except block).
+        log.failure("to=<{rcpt}> deferred: unexpected error", rcpt=address, **ctx)
+        return HandoffResult(index, DEFERRED, "4.3.0", f"temporary local problem ({type(e).__name__})")
 
 
 class SpoolConsumer(Service):
@@ -168,33 +206,43 @@ class SpoolConsumer(Service):
 
     name = "mda-consumer"
 
-    def __init__(self, spool: Spool, deliverer: Deliverer, cfg, reactor):
+    def __init__(self, spool: Spool, deliverer: Deliverer, cfg, reactor, use_inotify: bool = True):
         self.spool = spool
         self.cfg = cfg
         self.reactor = reactor
         self.processor = HandoffProcessor(spool, deliverer, cfg.detail_folders)
         self.workers = cfg.consumer.workers
+        self.interval = float(cfg.consumer.scan_interval)
+        self.use_inotify = use_inotify
         self.pool = ThreadPool(minthreads=self.workers, maxthreads=self.workers, name="mda-delivery")
         self.in_flight: set[str] = set()
-        self.may_be_partly_done: set[str] = set()
         self.resting: dict[str, float] = {}     # hand-offs that failed: not before this time
         self.watcher = None
+        self.loop: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
         self.spool.dir("mda").mkdir(parents=True, exist_ok=True)
         self.spool.dir("mda-done").mkdir(parents=True, exist_ok=True)
-        # Anything here now may have been half done by an earlier run.
-        self.may_be_partly_done = set(self.spool.list("mda"))
+        try:
+            self.processor.deliverer.journal.prune()
+        except OSError as e:
+            log.warn("cannot prune the delivery journal: {error}", error=str(e))
         self.pool.start()
         from common.storage.watch import Watcher
+        # inotify (and its own change check) for prompt pickup; the loop below scans
+        # every interval whatever changed, so failed batches are tried again.
         self.watcher = Watcher([self.spool.dir("mda")], self.scan, self.reactor,
-                               interval=float(self.cfg.consumer.scan_interval), settle=0.01)
+                               interval=self.interval, settle=0.01, use_inotify=self.use_inotify)
         self.watcher.start()
-        self.reactor.callLater(0, self.scan)
+        self.loop = LoopingCall(self.scan)
+        self.loop.clock = self.reactor
+        self.loop.start(self.interval, now=True)
 
     def stopService(self):
         super().stopService()
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
         if self.watcher is not None:
             self.watcher.stop()
         self.pool.stop()   # waits for the hand-offs in flight
@@ -204,13 +252,14 @@ class SpoolConsumer(Service):
             return
         limit = self.workers * BATCH * 2
         batch: list[str] = []
+        now = self.reactor.seconds()
         for hid in self.spool.list("mda"):
             if len(self.in_flight) + len(batch) >= limit:
                 break
             if hid in self.in_flight:
                 continue
             if hid in self.resting:
-                if self.resting[hid] > self.reactor.seconds():
+                if self.resting[hid] > now:
                     continue
                 del self.resting[hid]
             batch.append(hid)
@@ -222,19 +271,15 @@ class SpoolConsumer(Service):
 
     def _submit(self, batch: list[str]) -> None:
         self.in_flight.update(batch)
-        retry = {h for h in batch if h in self.may_be_partly_done}
-        d = deferToThreadPool(self.reactor, self.pool, self.processor.process_batch, batch, retry)
-        d.addCallbacks(self._succeeded, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        d = deferToThreadPool(self.reactor, self.pool, self.processor.process_batch, batch)
+        d.addErrback(self._failed, batch)
         d.addBoth(self._done, batch)
 
-    def _succeeded(self, _answers, batch: list[str]) -> None:
-        self.may_be_partly_done.difference_update(batch)
-
     def _failed(self, failure, batch: list[str]) -> None:
-        # The requests stay in mda/ and are tried again at the next scan; part of them
-        # may have been delivered, so the next attempt looks for copies first.
-        self.may_be_partly_done.update(batch)
-        until = self.reactor.seconds() + RETRY_DELAY
+        # The requests stay in mda/; the periodic scan tries them again (not a change
+        # in mda/, which may never come). Part of them may have been delivered: the
+        # journal keeps the next attempt from making second copies.
+        until = self.reactor.seconds() + self.interval / 2
         self.resting.update((h, until) for h in batch)
         log.failure("hand-offs {hids} not finished; will retry", failure, hids=" ".join(batch[:5]))
 

@@ -1,28 +1,37 @@
 """mda.delivery -- the one place that applies a Sieve result to storage and the spool.
 
 `Deliverer.deliver(request)` does one recipient's delivery, the same way for the
-spool consumer, postroom-deliver and LMTP:
+spool consumer, postroom-deliver and LMTP, in two steps:
 
+`prepare` decides, and writes nothing but the plan:
 1. find the user (a +detail is split off with the configured delimiter);
 2. refuse a message that went through too many hops (Delivered-To count);
-3. add Return-Path and Delivered-To;
+3. add Return-Path (replacing any the message carries) and Delivered-To;
 4. run the global-before, user and global-after Sieve scripts (a broken script or
    a runtime error leaves the implicit keep: the message goes to the default
-   folder, and the error is logged);
-5. file the message into each folder (created on demand when allowed; a folder
-   that cannot be used falls back to INBOX), then send redirects and the vacation
-   reply through the MTA's maildrop, then record duplicate IDs.
+   folder, and the error is logged), and turn the result into a `journal.Plan`:
+   the folders (one that cannot be used falls back to INBOX) with the maildir name
+   of each copy, the redirects and the vacation reply with the queue ID of each,
+   the duplicate IDs.
+
+`commit` carries the plan out: file the message into each folder (created on
+demand when allowed), then send redirects and the vacation reply through the MTA's
+maildrop, then record duplicate IDs.
 
 Outcomes are `common.errors` errors: 550 5.1.1 unknown user, 550 5.7.1 a Sieve
 reject, 552 5.2.2 (or 452 4.2.2) over quota, 452 4.3.1 disk full, 554 5.4.6 a loop,
 451 4.3.0 anything else. Nothing is reported delivered before storage returned,
-which is after fsync of file and directory.
+which is after fsync of file and directory (or, for the spool consumer, after its
+group commit).
 
-Exactly-once for the spool consumer: with `request.unique` every file gets a
-deterministic base name, and with `request.retry` a folder that already holds it is
-skipped; redirects and replies leave a marker in the state folder once handed to
-the MTA and are skipped on a retry. (A crash between the maildrop write and the
-marker sends that redirect twice: a copy too many rather than a lost one.)
+Exactly-once for the spool consumer (`request.key`, the queue ID and recipient
+index): the plan is recorded in the journal, durably, before the first write, and
+every attempt looks for it first. An attempt that finds one replays it instead of
+running Sieve again: a folder already holding its copy (found by name) is skipped,
+and so is a redirect or reply whose marker says it was handed to the MTA. A crash
+between a maildrop write and its marker is harmless too: the retry writes the same
+queue ID, which the spool refuses (still in maildrop/) or the pickup drops (already
+queued).
 
 SECURITY: runs as root for several users (files are chowned to the user) or as the
 mail user. The message and the user's scripts are untrusted: folder names are
@@ -33,21 +42,27 @@ envelope, with CR and LF refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.errors import MailError, PermanentError, TemporaryError
+from common.fsutil import is_no_space
 from common.log import get_logger
-from common.spool import Envelope, Recipient, Spool
+from common.spool import Envelope, Recipient, Spool, new_queue_id
 from common.storage import (InvalidMailboxName, MailStore, NoSpace, QuotaExceeded, StorageError,
                             validate_mailbox_name)
+from common.storage.maildir import new_unique
 from common.users import UserDB, UserRecord
 
 from . import state, vacation
+from .crashpoints import crash_point
+from .groupsync import GroupSync
+from .journal import Journal, Plan
 from .sieve import (EnvelopeInfo, Environment, FileInto, Limits, Message, Result, Script, SieveSyntaxError,
-                    fallback_result, parse_bytes, run)
+                    Vacation, fallback_result, parse_bytes, run)
 
 log = get_logger("mda.delivery")
 
@@ -61,12 +76,29 @@ class DeliveryRequest:
     folder: str | None = None           # the default folder (postroom-deliver -m)
     detail: str | None = None           # the +detail, when the MTA already split it off
     original_recipient: str | None = None   # as given in RCPT TO, before aliases (Sieve's envelope "to")
-    unique: str | None = None           # exactly-once base name (spool consumer)
-    retry: bool = False                 # an earlier attempt may have delivered part of it
+    key: str | None = None              # exactly-once key: queue ID.recipient index (spool consumer)
     trace_id: str | None = None
-    #: when a set: the maildir folders are not fsync'd; each one written is added here
-    #: and the caller fsyncs them before acknowledging (group commit, spool consumer)
-    sync_dirs: set | None = None
+    queue_id: str | None = None
+    #: when given: the plan and the maildir folders written are not fsync'd but added
+    #: here, and the caller flushes it before going on (group commit, spool consumer)
+    group: GroupSync | None = None
+
+    def log_context(self) -> dict[str, str]:
+        """The fields every log line about this message carries."""
+        return {k: v for k, v in (("queue_id", self.queue_id), ("trace_id", self.trace_id)) if v}
+
+
+@dataclass
+class Prepared:
+    """A delivery decided by Deliverer.prepare, to be carried out by commit."""
+
+    req: DeliveryRequest
+    user: UserRecord
+    store: MailStore
+    data: bytes                         # the message with our Return-Path and Delivered-To
+    delivered_line: bytes
+    plan: Plan
+    replay: bool                        # the plan comes from an earlier attempt
 
 
 @dataclass
@@ -160,6 +192,26 @@ def normalize_folder(name: str) -> str:
     return validate_mailbox_name(name.replace("/", "."))
 
 
+def drop_header(message: bytes, name: bytes) -> bytes:
+    """message without any header field called name (with its continuation lines)."""
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        end = message.find(b"\n\n")
+    head_end = len(message) if end < 0 else end + 1
+    lname = name.lower() + b":"
+    if lname not in message[:head_end].lower():
+        return message
+    lines = message[:head_end].split(b"\n")
+    kept, dropping = [], False
+    for line in lines:
+        if dropping and line[:1] in (b" ", b"\t"):
+            continue
+        dropping = line[:len(lname)].lower() == lname
+        if not dropping:
+            kept.append(line)
+    return b"\n".join(kept) + message[head_end:]
+
+
 def count_header(message: bytes, name: bytes) -> tuple[int, list[bytes]]:
     """How many times header name occurs in message's header, and their values."""
     end = message.find(b"\r\n\r\n")
@@ -195,6 +247,7 @@ class Deliverer:
                              max_include_depth=s.max_include_depth, max_includes=s.max_includes,
                              max_variable_size=int(s.max_variable_size), max_run_time=float(s.max_run_time))
         self.sent = state.sent_journal(core.paths.state)
+        self.journal = Journal(core.paths.state)
         self.run_as_root = os.geteuid() == 0
         self._stores: dict[tuple, MailStore] = {}
 
@@ -261,14 +314,16 @@ class Deliverer:
     def deliver(self, req: DeliveryRequest) -> DeliveryReport:
         """Deliver to one recipient. Raises MailError; anything else is unexpected
         (callers turn it into a temporary failure)."""
-        rec, detail = self.resolve(req.recipient, req.user)
-        _check_header_value(req.sender)
-        _check_header_value(req.recipient)
-        hops, delivered_to = count_header(req.message, b"Delivered-To")
-        if hops >= self.cfg.max_hops:
-            raise PermanentError(554, "5.4.6", "Too many hops (mail loop?)", f"{hops} Delivered-To headers")
+        prepared = self.prepare(req)
+        if req.group is not None:
+            req.group.flush()   # the plan is durable before the first write
+        return self.commit(prepared)
+
+    @contextlib.contextmanager
+    def _storage_errors(self):
+        """Storage failures as the MailErrors the table in docs/mda.md promises."""
         try:
-            return self._deliver(req, rec, detail, delivered_to)
+            yield
         except QuotaExceeded as e:
             if e.temporary or self.cfg.quota_temporary:
                 raise TemporaryError(452, "4.2.2", "Mailbox full", str(e)) from None
@@ -278,26 +333,48 @@ class Deliverer:
         except StorageError as e:
             raise TemporaryError(451, "4.3.0", "Temporary local problem, try again later", str(e)) from None
         except OSError as e:
-            from common.fsutil import is_no_space
             if is_no_space(e):
                 raise TemporaryError(452, "4.3.1", "Insufficient system storage", str(e)) from None
             raise
 
-    def _deliver(self, req: DeliveryRequest, rec: UserRecord, detail: str | None,
-                 delivered_to: list[bytes]) -> DeliveryReport:
-        store, maildir = self.store_for(rec)
-        report = DeliveryReport(user=rec.name)
-        detail = req.detail or detail
-        nl = req.message.find(b"\n")
-        eol = b"\r\n" if nl > 0 and req.message[nl - 1:nl] == b"\r" else b"\n"
-        delivered_line = f"Delivered-To: {req.recipient}".encode("utf-8") + eol
-        data = f"Return-Path: <{req.sender}>".encode("utf-8") + eol + delivered_line + req.message
+    def prepare(self, req: DeliveryRequest) -> Prepared:
+        """Decide one recipient's delivery: the plan an earlier attempt recorded under
+        req.key, else a new one from Sieve (recorded under req.key, to be made
+        durable by req.group or here). Writes nothing else. Raises MailError."""
+        rec, detail = self.resolve(req.recipient, req.user)
+        _check_header_value(req.sender)
+        _check_header_value(req.recipient)
+        hops, delivered_to = count_header(req.message, b"Delivered-To")
+        if hops >= self.cfg.max_hops:
+            raise PermanentError(554, "5.4.6", "Too many hops (mail loop?)", f"{hops} Delivered-To headers")
+        with self._storage_errors():
+            store, maildir = self.store_for(rec)
+            nl = req.message.find(b"\n")
+            eol = b"\r\n" if nl > 0 and req.message[nl - 1:nl] == b"\r" else b"\n"
+            delivered_line = f"Delivered-To: {req.recipient}".encode("utf-8") + eol
+            data = (f"Return-Path: <{req.sender}>".encode("utf-8") + eol + delivered_line
+                    + drop_header(req.message, b"Return-Path"))
+            plan = self.journal.load(req.key) if req.key else None
+            if plan is not None and plan.user == rec.name:
+                return Prepared(req, rec, store, data, delivered_line, plan, replay=True)
+            plan = self._decide(req, rec, detail or None, delivered_to, store, maildir, data)
+            if req.key:
+                path = self.journal.write(req.key, plan)
+                group = req.group if req.group is not None else GroupSync()
+                group.add_file(path)
+                if req.group is None:
+                    group.flush()
+            return Prepared(req, rec, store, data, delivered_line, plan, replay=False)
 
+    def _decide(self, req: DeliveryRequest, rec: UserRecord, detail: str | None, delivered_to: list[bytes],
+                store: MailStore, maildir: Path, data: bytes) -> Plan:
+        """Run Sieve and turn its result into a plan with every outcome named."""
+        detail = req.detail or detail
         default_folder = req.folder
         if default_folder is None and detail and self.cfg.detail_folders:
             default_folder = detail
         result = self._run_sieve(req, rec, store, maildir, Message(data))
-        report.sieve_errors = list(result.errors)
+        plan = Plan(user=rec.name, errors=list(result.errors))
 
         if result.reject is not None:
             reason = " ".join(result.reject.reason.split())[:400] or "Message rejected"
@@ -308,81 +385,117 @@ class Deliverer:
         if redirects and any(v.lower() in mine for v in delivered_to):
             # The message was delivered here before: redirecting again would loop. Keep it.
             log.warn("redirects for {rcpt} skipped: the message was already delivered here (loop)",
-                     rcpt=req.recipient)
-            report.sieve_errors.append("redirect skipped: mail loop")
+                     rcpt=req.recipient, **req.log_context())
+            plan.errors.append("redirect skipped: mail loop")
             redirects = []
             if not result.deliveries:
                 result.deliveries.append(FileInto("INBOX", implicit=True))
 
-        quota = self.quota(rec)
-        done: set[str] = set()
         for action in result.deliveries:
             folder = action.mailbox
             if action.implicit and default_folder:
                 folder = default_folder
-            name = self._usable_folder(store, folder, action.create, report)
-            if name in done:
-                continue
-            done.add(name)
-            if req.unique and req.retry and store.delivered(req.unique, name):
-                report.skipped.append(name)
-                report.mailboxes.append(name)
-                continue
-            self._store(req, store, data, name, flags=action.flags or (), create=name != "INBOX", quota=quota)
-            report.mailboxes.append(name)
-        report.discarded = not result.deliveries and not redirects
+            name = self._usable_folder(store, folder, action.create, plan.errors)
+            if all(f["name"] != name for f in plan.folders):
+                plan.folders.append({"name": name, "flags": list(action.flags or ()), "unique": new_unique()})
+        plan.redirects = [{"to": r.address, "qid": new_queue_id()} for r in redirects]
+        if plan.redirects:
+            plan.fallback = new_unique()
+        if result.vacation is not None:
+            why_not = self._vacation_refusal(req, rec, Message(req.message), result.vacation)
+            if why_not:
+                plan.vacation_note = why_not
+            else:
+                plan.vacation = {**asdict(result.vacation), "qid": new_queue_id()}
+        plan.duplicates = [[d.key, d.seconds, d.last] for d in result.duplicates]
+        return plan
 
-        for i, redirect in enumerate(redirects):
+    def commit(self, p: Prepared) -> DeliveryReport:
+        """Carry a plan out. Raises MailError; replaying an earlier attempt's plan,
+        every outcome already there is skipped."""
+        with self._storage_errors():
+            return self._commit(p)
+
+    def _commit(self, p: Prepared) -> DeliveryReport:
+        req, plan, store = p.req, p.plan, p.store
+        report = DeliveryReport(user=p.user.name, sieve_errors=list(plan.errors))
+        quota = self.quota(p.user)
+        for i, folder in enumerate(plan.folders):
+            if i:
+                self._crash_point(req, "between_folders")
+            name = folder["name"]
+            if p.replay and store.delivered(folder["unique"], name):
+                report.skipped.append(name)
+            else:
+                self._store(req, store, p.data, name, folder["unique"], flags=folder["flags"],
+                            create=name != "INBOX", quota=quota)
+            report.mailboxes.append(name)
+        report.discarded = not plan.folders and not plan.redirects
+
+        for i, redirect in enumerate(plan.redirects):
+            address = redirect["to"]
             try:
-                self._send_once(req, f"r{i}", lambda a=redirect.address: self._redirect(req, delivered_line + req.message, a))
+                self._send_once(p, f"r{i}", redirect["qid"],
+                                lambda a=address, q=redirect["qid"]: self._redirect(req, p.delivered_line + req.message, a, q))
             except OSError as e:
                 # The spool is out of reach: keep the message rather than lose it.
                 log.error("redirect for {rcpt} to {to} failed, keeping the message: {error}",
-                          rcpt=req.recipient, to=redirect.address, error=str(e))
-                report.sieve_errors.append(f"redirect to {redirect.address} failed")
+                          rcpt=req.recipient, to=address, error=str(e), **req.log_context())
+                report.sieve_errors.append(f"redirect to {address} failed")
                 if not report.mailboxes:
-                    self._store(req, store, data, "INBOX", quota=quota)
+                    if not (p.replay and store.delivered(plan.fallback, "INBOX")):
+                        self._store(req, store, p.data, "INBOX", plan.fallback, quota=quota)
                     report.mailboxes.append("INBOX")
                 continue
-            report.redirects.append(redirect.address)
+            report.redirects.append(address)
 
         # The message is safe now; what follows must not make the delivery fail.
-        if result.vacation is not None:
+        report.vacation = plan.vacation_note
+        if plan.vacation is not None:
             try:
-                report.vacation = self._vacation(req, rec, Message(req.message), result)
+                report.vacation = self._vacation(p)
             except OSError as e:
-                log.error("vacation reply for {rcpt} failed: {error}", rcpt=req.recipient, error=str(e))
+                log.error("vacation reply for {rcpt} failed: {error}", rcpt=req.recipient, error=str(e),
+                          **req.log_context())
                 report.vacation = f"failed: {e.strerror}"
-        if result.duplicates:
+        if plan.duplicates:
             try:
-                dup = state.DuplicateStore(self.core.paths.state, rec.name)
-                for d in result.duplicates:
-                    dup.record(d.key, d.seconds, d.last)
+                dup = state.DuplicateStore(self.core.paths.state, p.user.name)
+                for key, seconds, last in plan.duplicates:
+                    dup.record(key, seconds, last)
             except OSError as e:
-                log.error("duplicate tracking for {rcpt} not recorded: {error}", rcpt=req.recipient, error=str(e))
+                log.error("duplicate tracking for {rcpt} not recorded: {error}", rcpt=req.recipient, error=str(e),
+                          **req.log_context())
         return report
 
-    def _store(self, req: DeliveryRequest, store: MailStore, data: bytes, name: str, **kw) -> None:
-        """File data into folder name; durable at once, or, with req.sync_dirs, once the
-        caller fsyncs the folders collected there."""
-        grouped = req.sync_dirs is not None
-        final = store.deliver(data, name, quota_temporary=self.cfg.quota_temporary, unique=req.unique,
-                              sync_dir=not grouped, **kw)
-        if grouped:
-            req.sync_dirs.add(store.delivery_dir(name, final))
+    @staticmethod
+    def _crash_point(req: DeliveryRequest, name: str) -> None:
+        if req.key:
+            crash_point(name)
 
-    def _usable_folder(self, store: MailStore, folder: str, create: bool, report: DeliveryReport) -> str:
+    def _store(self, req: DeliveryRequest, store: MailStore, data: bytes, name: str, unique: str, **kw) -> None:
+        """File data into folder name under its planned name; durable at once, or,
+        with req.group, once the caller flushes it."""
+        grouped = req.group is not None
+        final = store.deliver(data, name, quota_temporary=self.cfg.quota_temporary, unique=unique,
+                              sync_dir=not grouped,
+                              before_rename=(lambda: self._crash_point(req, "inside_write")) if req.key else None,
+                              **kw)
+        if grouped:
+            req.group.add_dir(store.delivery_dir(name, final))
+
+    def _usable_folder(self, store: MailStore, folder: str, create: bool, errors: list[str]) -> str:
         """The storage name to deliver into; INBOX when folder cannot be used."""
         try:
             name = normalize_folder(folder)
         except (InvalidMailboxName, ValueError) as e:
-            report.sieve_errors.append(f"folder {folder!r} is not valid ({e}); delivered to INBOX")
+            errors.append(f"folder {folder!r} is not valid ({e}); delivered to INBOX")
             return "INBOX"
         if name == "INBOX" or store.mailbox_exists(name):
             return name
         if create or self.cfg.create_folders:
             return name
-        report.sieve_errors.append(f"folder {folder!r} does not exist; delivered to INBOX")
+        errors.append(f"folder {folder!r} does not exist; delivered to INBOX")
         return "INBOX"
 
     def _run_sieve(self, req: DeliveryRequest, rec: UserRecord, store: MailStore, maildir: Path,
@@ -404,48 +517,62 @@ class Deliverer:
                 if s is not None:
                     scripts.append(s)
         except SieveSyntaxError as e:
-            log.warn("user {user}: Sieve script error, delivering to INBOX: {error}", user=rec.name, error=str(e))
+            log.warn("user {user}: Sieve script error, delivering to INBOX: {error}", user=rec.name, error=str(e),
+                     **req.log_context())
             return fallback_result(str(e))
         except OSError as e:
-            log.warn("user {user}: Sieve script unreadable, delivering to INBOX: {error}", user=rec.name, error=str(e))
+            log.warn("user {user}: Sieve script unreadable, delivering to INBOX: {error}", user=rec.name,
+                     error=str(e), **req.log_context())
             return fallback_result(f"script unreadable: {e.strerror}")
         if not scripts:
             return fallback_result_no_error()
         envelope = EnvelopeInfo(req.sender, req.original_recipient or req.recipient, req.original_recipient)
         result = run(scripts, message, envelope, _SieveEnvironment(self, store, rec, home), self.limits)
         for error in result.errors:
-            log.warn("user {user}: Sieve runtime error, delivering to INBOX: {error}", user=rec.name, error=error)
+            log.warn("user {user}: Sieve runtime error, delivering to INBOX: {error}", user=rec.name, error=error,
+                     **req.log_context())
         return result
 
     # -- mail that leaves again ----------------------------------------------------------
 
-    def _send_once(self, req: DeliveryRequest, what: str, send) -> None:
-        """Send, and with a unique base, remember it so a retry does not send again."""
-        if req.unique is None:
+    def _send_once(self, p: Prepared, what: str, qid: str, send) -> None:
+        """Send, and for a spool delivery remember it, so a retry does not send again.
+        The maildrop file's queue ID comes from the plan: written a second time (a
+        crash before the marker) it is refused by the spool or dropped by the pickup."""
+        req = p.req
+        if req.key is None:
             send()
             return
-        key = f"{req.unique}.{what}"
-        if req.retry and self.sent.exists(key):
-            return
-        send()
-        self.sent.put(key)
+        marker = f"{req.key}.{what}"
+        if p.replay:
+            if self.sent.exists(marker):
+                return
+            # A write killed half way leaves the spool's temporary file under this ID.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.spool.dir("tmp") / qid)
+        try:
+            send()
+        except FileExistsError:
+            if not self.spool.path("maildrop", qid).exists():
+                raise
+        self._crash_point(req, "after_maildrop")
+        self.sent.put(marker)
 
     def _maildrop(self, envelope: Envelope, data: bytes) -> None:
         envelope.size = len(data)
         self.spool.write(envelope, [data], queue="maildrop")
 
-    def _redirect(self, req: DeliveryRequest, data: bytes, address: str) -> None:
-        env = Envelope(sender=req.sender, recipients=[Recipient(address=address)], source="local")
+    def _redirect(self, req: DeliveryRequest, data: bytes, address: str, qid: str) -> None:
+        env = Envelope(sender=req.sender, recipients=[Recipient(address=address)], source="local", queue_id=qid)
         env.extra["redirected_by"] = req.recipient
         if req.trace_id:
             env.trace_id = req.trace_id
         # The Delivered-To line we added stays in: it is how a loop is recognised.
         self._maildrop(env, data)
-        log.info("redirected for {rcpt} to {to}", rcpt=req.recipient, to=address)
+        log.info("redirected for {rcpt} to {to}", rcpt=req.recipient, to=address, **req.log_context())
 
-    def _vacation(self, req: DeliveryRequest, rec: UserRecord, message: Message, result: Result) -> str:
-        vac = result.vacation
-        assert vac is not None
+    def _vacation_refusal(self, req: DeliveryRequest, rec: UserRecord, message: Message, vac: Vacation) -> str | None:
+        """Why no vacation reply goes out for this message, or None when one is due."""
         addresses = [req.recipient, rec.name]
         for address in (req.recipient, req.original_recipient):
             if address:
@@ -453,13 +580,24 @@ class Deliverer:
         why_not = vacation.refusal(message, req.sender, addresses, vac)
         if why_not:
             return why_not
-        store = state.VacationStore(self.core.paths.state, rec.name)
-        if store.replied_within(req.sender, vac.handle, vac.seconds):
+        if state.VacationStore(self.core.paths.state, rec.name).replied_within(req.sender, vac.handle, vac.seconds):
             return "already replied within the period"
-        reply = vacation.compose(message, req.sender, req.recipient, vac, self.core.hostname)
-        self._send_once(req, "v", lambda: self._maildrop(vacation.reply_envelope(req.sender, req.recipient, len(reply)), reply))
-        store.record(req.sender, vac.handle)
-        log.info("vacation reply for {rcpt} to {to}", rcpt=req.recipient, to=req.sender)
+        return None
+
+    def _vacation(self, p: Prepared) -> str:
+        req = p.req
+        fields = dict(p.plan.vacation)
+        qid = fields.pop("qid")
+        fields["addresses"] = tuple(fields.get("addresses") or ())
+        vac = Vacation(**fields)
+        reply = vacation.compose(Message(req.message), req.sender, req.recipient, vac, self.core.hostname)
+        envelope = vacation.reply_envelope(req.sender, req.recipient, len(reply))
+        envelope.queue_id = qid
+        if req.trace_id:
+            envelope.trace_id = req.trace_id
+        self._send_once(p, "v", qid, lambda: self._maildrop(envelope, reply))
+        state.VacationStore(self.core.paths.state, p.user.name).record(req.sender, vac.handle)
+        log.info("vacation reply for {rcpt} to {to}", rcpt=req.recipient, to=req.sender, **req.log_context())
         return "sent"
 
     def resolve_plain(self, recipient: str) -> str | None:

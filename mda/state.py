@@ -2,8 +2,9 @@
 
     <state>/mda/<user>/vacation/<key>    a vacation reply was sent (mtime = when)
     <state>/mda/<user>/duplicate/<key>   a message ID was seen (content = expiry time)
-    <state>/mda/sent/<unique>            a redirect or reply of a spool hand-off left
-                                         (so a retry after a crash does not send it twice)
+    <state>/mda/sent/<key>.<what>        a redirect (r0, r1...) or the vacation reply (v)
+                                         of a spool delivery left (so a retry does not
+                                         send it again); <key> as in mda.journal
 
 One small file per record, written durably (temp file, fsync, rename, fsync dir):
 no lock and no database, and old records are pruned by age.

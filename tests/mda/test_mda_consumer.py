@@ -5,13 +5,17 @@ each step of the consumer leaves exactly one copy after a restart."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from common.spool import (Envelope, Handoff, Recipient, Spool, read_handoff_results, write_handoff)
-from tests.mda.mda_support import (MESSAGE, all_message_files, folder_files, mda_config, small_maildir_disk,
+from tests.mda.mda_support import (MESSAGE, all_message_files, folder_files, maildir, mda_config, small_maildir_disk,
                                    write_script)
-from tests.support import Daemon, wait_for
+from tests.mda.test_mda_delivery import STANDARD_NAME
+from tests.support import ROOT, Daemon, wait_for
 
 MDA_YAML = "consumer:\n  enabled: true\n  scan_interval: 1s\n  workers: 2\n"
 
@@ -93,7 +97,11 @@ def test_over_quota_answered_as_bounce_or_deferral(tmp_path, daemon_factory):
     assert (r.state, r.status) == ("bounced", "5.2.2")
 
 
-@pytest.mark.parametrize("point", ["start", "after_deliver", "before_results", "after_results", "after_remove"])
+CRASH_POINTS = ["start", "after_plans", "inside_write", "between_folders", "after_deliver", "after_maildrop",
+                "before_results", "after_results", "after_remove"]
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
 def test_sigkill_at_each_step_leaves_exactly_one_copy(tmp_path, daemon_factory, point):
     etc = mda_config(tmp_path, MDA_YAML)
     write_script(tmp_path, 'require ["fileinto", "copy"]; fileinto :copy "Archive"; redirect :copy "carol@remote.test";')
@@ -112,6 +120,136 @@ def test_sigkill_at_each_step_leaves_exactly_one_copy(tmp_path, daemon_factory, 
     assert len(folder_files(tmp_path, "Archive")) == 1
     assert len(all_message_files(tmp_path, "bob")) == 1
     assert len(spool.list("maildrop")) == 1
+    for f in all_message_files(tmp_path) + all_message_files(tmp_path, "bob"):
+        assert STANDARD_NAME.match(f.name), f.name
+    # Answered for good: the plans are forgotten.
+    wait_for(lambda: not list((tmp_path / "state" / "mda" / "journal").iterdir()), timeout=10, what="plans removed")
+
+
+@pytest.mark.parametrize("point", ["between_folders", "after_deliver", "before_results"])
+def test_retry_after_a_crash_replays_the_decision(tmp_path, daemon_factory, point):
+    """With duplicate, running Sieve again after a crash would now see the message as
+    a duplicate and file it into Dups: the retry replays the recorded decision instead."""
+    etc = mda_config(tmp_path, MDA_YAML)
+    write_script(tmp_path, 'require ["duplicate", "fileinto", "copy"];\n'
+                           'if duplicate { fileinto "Dups"; } else { fileinto :copy "First"; }\n')
+    spool = Spool(tmp_path / "spool")
+    env, path = queue_message(spool, [Recipient("alice@example.test")])
+    hid = hand_off(spool, env, path, [0])
+    crashing = daemon_factory(etc, env={"POSTROOM_TEST_CRASH_AT": point})
+    assert crashing.proc.wait(30) == -signal.SIGKILL
+    crashing.log.close()
+    daemon_factory(etc)
+    [r] = wait_for(lambda: answered(spool, hid), timeout=20, what="the answer after the restart")
+    assert r.state == "delivered"
+    assert len(folder_files(tmp_path, "INBOX")) == 1 and len(folder_files(tmp_path, "First")) == 1
+    assert folder_files(tmp_path, "Dups") == []
+    # A new message with the same Message-ID is a duplicate, as the script says.
+    env2, path2 = queue_message(spool, [Recipient("alice@example.test")])
+    hid2 = hand_off(spool, env2, path2, [0])
+    wait_for(lambda: answered(spool, hid2), timeout=20, what="the second answer")
+    assert len(folder_files(tmp_path, "Dups")) == 1
+
+
+def test_temporary_failure_after_a_partial_delivery_adds_no_copy(tmp_path, daemon_factory):
+    """fileinto :copy into a folder that cannot be made: each attempt (a new hand-off,
+    as the queue manager makes) is deferred, and INBOX holds one copy, not one per try."""
+    etc = mda_config(tmp_path, MDA_YAML)
+    write_script(tmp_path, 'require ["fileinto", "copy"]; fileinto :copy "Broken";')
+    root = maildir(tmp_path)
+    root.mkdir(parents=True)
+    (root / ".Broken").write_text("a file where the folder should be")
+    spool = Spool(tmp_path / "spool")
+    daemon_factory(etc)
+    env, path = queue_message(spool, [Recipient("alice@example.test")])
+    for attempt in range(3):
+        hid = hand_off(spool, env, path, [0], suffix=f"try{attempt}")
+        [r] = wait_for(lambda: answered(spool, hid), timeout=20, what=f"answer {attempt}")
+        assert (r.state, r.status[:1]) == ("deferred", "4")
+        assert len(folder_files(tmp_path, "INBOX")) == 1
+    # Once the folder can be made, the next attempt completes the delivery.
+    (root / ".Broken").unlink()
+    hid = hand_off(spool, env, path, [0], suffix="try3")
+    [r] = wait_for(lambda: answered(spool, hid), timeout=20, what="the last answer")
+    assert r.state == "delivered"
+    assert len(folder_files(tmp_path, "INBOX")) == 1 and len(folder_files(tmp_path, "Broken")) == 1
+
+
+def test_failed_batch_is_retried_by_the_periodic_scan(tmp_path, daemon_factory):
+    """The answers cannot be written (mda-done/ is not a folder): the batch fails. Once
+    mda-done/ is back, the hand-off is answered by the next scans, though nothing in
+    mda/ changes."""
+    etc = mda_config(tmp_path, "consumer:\n  enabled: true\n  scan_interval: 2s\n  workers: 1\n")
+    spool = Spool(tmp_path / "spool")
+    d = daemon_factory(etc)
+    wait_for(lambda: "postroom-mda started" in d.output(), timeout=20, what="the daemon")
+    done = spool.dir("mda-done")
+    done.rmdir()
+    done.write_text("not a folder")
+    env, path = queue_message(spool, [Recipient("alice@example.test")])
+    hid = hand_off(spool, env, path, [0])
+    wait_for(lambda: "not finished; will retry" in d.output(), timeout=20, what="the failed batch")
+    assert len(folder_files(tmp_path)) == 1   # delivered, not answered
+    done.unlink()
+    done.mkdir()
+    started = time.monotonic()
+    [r] = wait_for(lambda: answered(spool, hid), timeout=10, interval=0.05, what="the answer")
+    assert time.monotonic() - started < 2 + 2.5   # scan_interval plus a bound
+    assert r.state == "delivered" and len(folder_files(tmp_path)) == 1
+
+
+def test_pickup_by_inotify_is_immediate(tmp_path, daemon_factory):
+    etc = mda_config(tmp_path, "consumer:\n  enabled: true\n  scan_interval: 60s\n")
+    spool = Spool(tmp_path / "spool")
+    d = daemon_factory(etc)
+    wait_for(lambda: "postroom-mda started" in d.output(), timeout=20, what="the daemon")
+    time.sleep(0.5)   # the scan at start is over: only inotify can see what comes now
+    env, path = queue_message(spool, [Recipient("alice@example.test")])
+    started = time.monotonic()
+    hid = hand_off(spool, env, path, [0])
+    wait_for(lambda: answered(spool, hid), timeout=5, interval=0.02, what="the answer")
+    assert time.monotonic() - started < 1.0
+
+
+NO_INOTIFY = """
+import sys
+from pathlib import Path
+from twisted.internet import reactor
+from common.config import load
+from common.log import setup_logging
+from common.spool import Spool
+from mda.consumer import SpoolConsumer
+from mda.delivery import Deliverer
+cfg = load(Path(sys.argv[1]), "mda")
+setup_logging(cfg.core.log, "mda")
+consumer = SpoolConsumer(Spool(cfg.core.paths.spool), Deliverer(cfg.core, cfg.daemon), cfg.daemon, reactor,
+                         use_inotify=False)
+reactor.callWhenRunning(consumer.startService)
+reactor.addSystemEventTrigger("before", "shutdown", consumer.stopService)
+reactor.run()
+"""
+
+
+def test_pickup_without_inotify_by_the_periodic_scan(tmp_path):
+    """Where inotify is not available (FreeBSD, no instance left) the scan every
+    scan_interval delivers: the consumer runs here with inotify turned off."""
+    etc = mda_config(tmp_path, "consumer:\n  enabled: true\n  scan_interval: 2s\n")
+    spool = Spool(tmp_path / "spool")
+    log = open(tmp_path / "consumer.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-c", NO_INOTIFY, str(etc)], cwd=str(ROOT), stdout=log, stderr=log)
+    try:
+        time.sleep(1.0)
+        assert proc.poll() is None, (tmp_path / "consumer.log").read_text()
+        env, path = queue_message(spool, [Recipient("alice@example.test")])
+        started = time.monotonic()
+        hid = hand_off(spool, env, path, [0])
+        wait_for(lambda: answered(spool, hid), timeout=2 + 3, interval=0.05, what="the answer from a scan")
+        assert time.monotonic() - started < 2 + 3
+        assert len(folder_files(tmp_path)) == 1
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
 
 
 def test_disk_full_is_answered_as_deferral(tmp_path, daemon_factory):

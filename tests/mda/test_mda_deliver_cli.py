@@ -4,6 +4,8 @@ input, the exit status and standard error checked."""
 from __future__ import annotations
 
 
+import socket
+import struct
 import subprocess
 import sys
 
@@ -30,7 +32,9 @@ def test_mbox_from_line_default_folder_and_return_path_header(tmp_path):
     assert p.returncode == 0, p.stderr
     [f] = folder_files(tmp_path, "Incoming")
     data = f.read_bytes()
-    assert data.startswith(b"Return-Path: <rp@remote.test>\nDelivered-To: alice+x@example.test\nReturn-Path")
+    # The message's own Return-Path gave the sender and is replaced, not kept below ours.
+    assert data.startswith(b"Return-Path: <rp@remote.test>\nDelivered-To: alice+x@example.test\nFrom: Sender")
+    assert data.count(b"Return-Path:") == 1
     assert b"\r\n" not in data
 
 
@@ -87,3 +91,22 @@ def test_disk_full_exit_75(tmp_path):
         p = deliver(mda_config(tmp_path, core_extra=core_extra), "-d", "alice@example.test",
                     message=MESSAGE + b"x" * 200_000)
         assert p.returncode == 75 and b"452 4.3.1" in p.stderr
+
+
+def test_unexpected_exception_exits_75_without_a_traceback(tmp_path):
+    """Standard input that fails while the message is read (here a TCP connection reset
+    by its peer) raises an error no code path expects: the MTA must keep the message,
+    so the exit is 75 with a one-line reason."""
+    etc = mda_config(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as stdin:
+        peer, _ = server.accept()
+        peer.sendall(MESSAGE[:40])
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()   # an abortive close: the reader gets ECONNRESET
+        p = subprocess.run([sys.executable, "-m", "mda.deliver", "-c", str(etc), "-d", "alice@example.test"],
+                           stdin=stdin.fileno(), capture_output=True, timeout=60)
+    assert p.returncode == 75, p.stderr
+    assert p.stderr.decode().strip() == ("postroom-deliver: 451 4.3.0 Temporary local problem, try again later "
+                                         "(ConnectionResetError)")
+    assert folder_files(tmp_path) == []
