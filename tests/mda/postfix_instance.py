@@ -40,6 +40,7 @@ error     unix  -       -       n       -       -       error
 retry     unix  -       -       n       -       -       error
 discard   unix  -       -       n       -       -       discard
 lmtp      unix  -       -       n       -       -       lmtp
+local     unix  -       n       n       -       -       local
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
@@ -80,7 +81,9 @@ lmtp_destination_recipient_limit = 50
 
 
 class PostfixInstance:
-    def __init__(self, base: Path, etc: Path, lmtp_socket: Path):
+    def __init__(self, base: Path, etc: Path, lmtp_socket: Path, main_extra: str = ""):
+        """main_extra is appended to main.cf; {postroom_deliver} in it becomes the
+        command that runs postroom-deliver with this test's configuration."""
         require_tool("postfix")
         require(Path("/usr/lib/postfix/sbin/master").exists(), "Debian's postfix package")
         require(os.geteuid() == 0, "root, to start a Postfix instance")
@@ -91,7 +94,9 @@ class PostfixInstance:
         self.pipe_user = "nobody"
         site = sysconfig.get_paths()["purelib"]
         python = shutil.which("python3", path="/usr/bin:/bin") or "/usr/bin/python3"
-        (self.conf / "main.cf").write_text(MAIN_CF.format(base=base, lmtp_socket=lmtp_socket))
+        command = f"/usr/bin/env PYTHONPATH={ROOT}:{site} {python} -m mda.deliver -c {etc}"
+        (self.conf / "main.cf").write_text(MAIN_CF.format(base=base, lmtp_socket=lmtp_socket)
+                                           + main_extra.replace("{postroom_deliver}", command))
         (self.conf / "master.cf").write_text(MASTER_CF.format(
             port=f"127.0.0.1:{self.port}", pipe_user=self.pipe_user, pythonpath=f"{ROOT}:{site}", python=python,
             etc=etc))
@@ -120,6 +125,11 @@ class PostfixInstance:
             except (ProcessLookupError, ValueError, OSError):
                 break
             time.sleep(0.1)
+
+    def flush(self) -> None:
+        """Retry every deferred message now (postqueue -f)."""
+        env = {**os.environ, "MAIL_CONFIG": str(self.conf)}
+        subprocess.run(["postqueue", "-c", str(self.conf), "-f"], env=env, capture_output=True, timeout=60)
 
     def log(self) -> str:
         try:

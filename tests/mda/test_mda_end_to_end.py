@@ -4,7 +4,10 @@ through the MTA's maildrop pickup."""
 
 from __future__ import annotations
 
+import re
 import smtplib
+
+import pytest
 
 from common.spool import parse
 from tests.mda.mda_support import MESSAGE, folder_files, write_script
@@ -50,6 +53,31 @@ def test_smtp_to_maildir_through_the_spool_consumer(tmp_path):
         assert b"Auto-Submitted: auto-replied" in body and b"I am away." in body
         # Every hand-off was answered and its answer applied.
         wait_for(lambda: not mta.spool.list("mda") and not mta.spool.list("mda-done"), timeout=20, what="hand-offs done")
+    finally:
+        mda.stop()
+        mta.daemon.stop()
+
+
+def test_one_trace_id_follows_a_message_through_both_daemons(tmp_path):
+    """The spool envelope's trace ID is on the MTA's log line about the message and on
+    the MDA's: one grep finds the message in both daemons' logs."""
+    import common.log
+    if "trace_id" not in common.log.CONTEXT_FIELDS:
+        pytest.skip("common.log does not show trace_id yet")
+    mta = start_mta(tmp_path)
+    etc = tmp_path / "etc"
+    (etc / "mda.yaml").write_text("consumer:\n  enabled: true\n  scan_interval: 1s\n")
+    mda = Daemon("mda.main", etc).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", mta.ports["mx"], timeout=20) as client:
+            client.ehlo("remote.test")
+            assert client.sendmail("sender@remote.test", ["alice@example.test"], MESSAGE) == {}
+        wait_for(lambda: folder_files(tmp_path), timeout=30, what="the delivery")
+        line = wait_for(lambda: re.search(r"trace_id=([0-9a-f]{16}) .*delivered", mda.output()), timeout=20,
+                        what="the MDA's line about the delivery")
+        trace_id = line.group(1)
+        assert re.search(rf"trace_id={trace_id} .*queued from <sender@remote.test>", mta.daemon.output())
+        assert len(set(re.findall(r"trace_id=([0-9a-f]+)", mda.output()))) == 1
     finally:
         mda.stop()
         mta.daemon.stop()

@@ -149,3 +149,58 @@ def test_many_unknown_recipients_do_not_close_the_session(tmp_path, lmtp_daemon)
         assert [r[0] for r in rcpt] == [550] * 15 + [250]
         assert [r[0] for r in data] == [250]
     assert len(folder_files(tmp_path)) == 1
+
+
+def test_lmtp_8bitmime_smtputf8_and_a_utf8_address(tmp_path):
+    """MAIL FROM with BODY=8BITMIME SMTPUTF8 and a UTF-8 recipient (RFC 6531) reach
+    the user's maildir with the 8-bit body intact."""
+    from tests.support.config import _hash
+    sock = tmp_path / "run" / "lmtp.sock"
+    etc = mda_config(tmp_path, lmtp_yaml(sock, free_port()))
+    with open(etc / "users", "a") as f:
+        f.write(f"jörg@example.test:{_hash('postroom')}::::{tmp_path / 'mail' / 'example.test' / 'joerg'}::\n")
+    d = Daemon("mda.main", etc).start()
+    try:
+        wait_for(sock.exists, timeout=10, what="the LMTP socket")
+        _send_utf8(tmp_path, sock)
+    finally:
+        assert d.stop() == 0
+
+
+def _send_utf8(tmp_path, sock):
+    body = ("From: Jörg <jörg@example.test>\r\nTo: jörg@example.test\r\nSubject: Grüße\r\n\r\n"
+            "Schöne Grüße aus Köln.\r\n").encode("utf-8")
+    with smtplib.LMTP(str(sock)) as client:
+        client.ehlo("mta.example.test")
+        assert client.has_extn("smtputf8") and client.has_extn("8bitmime")
+        code, _ = client.mail("sender@remote.test", ["BODY=8BITMIME", "SMTPUTF8"])
+        assert code == 250
+        code, _ = client.rcpt("jörg@example.test")
+        assert code == 250
+        code, reply = client.data(body)
+        assert code == 250, reply
+    files = [p for sub in ("new", "cur") for p in (tmp_path / "mail" / "example.test" / "joerg" / "Maildir" / sub).iterdir()]
+    [f] = files
+    data = f.read_bytes()
+    assert data.startswith("Return-Path: <sender@remote.test>\r\nDelivered-To: jörg@example.test\r\n".encode())
+    assert data.endswith(body)
+
+
+def test_lmtp_disk_full_is_452_431(tmp_path):
+    from tests.mda.mda_support import small_maildir_disk
+    with small_maildir_disk(tmp_path) as (_mount, core_extra):
+        sock = tmp_path / "run" / "lmtp.sock"
+        etc = mda_config(tmp_path, lmtp_yaml(sock, free_port()), core_extra=core_extra)
+        d = Daemon("mda.main", etc).start()
+        try:
+            wait_for(sock.exists, timeout=10, what="the LMTP socket")
+            with smtplib.LMTP(str(sock)) as client:
+                client.ehlo("mta.example.test")
+                _rcpt, data = send(client, "sender@remote.test", ["alice@example.test", "bob@example.test"],
+                                   MESSAGE + (b"x" * 998 + b"\r\n") * 200)
+                assert [(r[0], r[1][:5]) for r in data] == [(452, b"4.3.1")] * 2
+                # A small message still fits: the session goes on.
+                _rcpt, data = send(client, "sender@remote.test", ["alice@example.test"], MESSAGE)
+                assert data[0][0] == 250
+        finally:
+            assert d.stop() == 0

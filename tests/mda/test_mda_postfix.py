@@ -27,6 +27,19 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
 
 @pytest.fixture
 def world():
+    yield from _world()
+
+
+#: mail for nobody@local.example.test goes to Postfix's local(8), which runs
+#: postroom-deliver as its mailbox_command with nobody's privileges, for bob
+MAILBOX_COMMAND = """
+mydestination = local.example.test
+local_recipient_maps =
+mailbox_command = {postroom_deliver} -f "$SENDER" -a "$RECIPIENT" -d bob@example.test
+"""
+
+
+def _world(main_extra: str = ""):
     # Not pytest's tmp_path: Postfix's pipe runs as nobody, who cannot enter a 0700 folder.
     base = Path(tempfile.mkdtemp(prefix="postroom-postfix-"))
     os.chmod(base, 0o755)
@@ -37,7 +50,7 @@ def world():
                                   f"    endpoint: unix:{sock}:mode=666\n    tls: none\n")
     for sub in ("etc", "run"):
         os.chmod(base / sub, 0o755)
-    postfix = PostfixInstance(base, etc, sock)
+    postfix = PostfixInstance(base, etc, sock, main_extra)
     uid, gid = postfix.pipe_uid
     # bob's mail arrives through the pipe, which runs as nobody: his folder is nobody's.
     (base / "mail" / "example.test" / "bob").mkdir(parents=True)
@@ -87,3 +100,39 @@ def test_postfix_delivers_through_lmtp_and_through_the_pipe(world):
     wait_for(lambda: postfix.log().count("status=sent") >= 2, timeout=20, what="both deliveries logged")
     log = postfix.log()
     assert "relay=postroom, " in log and "250 2.0.0 Delivered" in log
+
+
+@pytest.fixture
+def mailbox_command_world():
+    yield from _world(MAILBOX_COMMAND)
+
+
+def test_postroom_deliver_as_mailbox_command_and_its_temporary_failure(mailbox_command_world):
+    """Postfix's local(8) runs postroom-deliver as mailbox_command: exit 75 (here bob's
+    maildir is a file) makes Postfix defer the message, not bounce it; once the
+    problem is gone, Postfix's retry delivers it."""
+    base, postfix, _mda = mailbox_command_world
+    bob = base / "mail" / "example.test" / "bob" / "Maildir"
+    bob.write_text("not a maildir")
+    uid, gid = postfix.pipe_uid
+    os.chown(bob, uid, gid)
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as client:
+        assert client.sendmail("sender@remote.test", ["nobody@local.example.test"],
+                               MESSAGE.replace(b"Subject: hello", b"Subject: via local")) == {}
+    try:
+        wait_for(lambda: "status=deferred" in postfix.log(), timeout=60, what="the deferral")
+    except TimeoutError:
+        raise AssertionError(postfix.log()[-3000:]) from None
+    log = postfix.log()
+    assert "relay=local" in log and "4.3.0" in log and "status=bounced" not in log
+    bob.unlink()
+    postfix.flush()
+    try:
+        [f] = wait_for(lambda: maildir_files(base, "bob"), timeout=60, what="the delivery after the retry")
+    except TimeoutError:
+        raise AssertionError(postfix.log()[-3000:]) from None
+    data = f.read_bytes()
+    assert b"Subject: via local" in data
+    assert data.startswith(b"Return-Path: <sender@remote.test>\nDelivered-To: nobody@local.example.test\n")
+    assert f.stat().st_uid == uid
+    wait_for(lambda: "status=sent" in postfix.log(), timeout=20, what="the delivery logged")
