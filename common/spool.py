@@ -254,7 +254,8 @@ class Spool:
     def write(self, envelope: Envelope, chunks: Iterable[bytes], queue: str = "incoming",
               sync_dir: bool = True) -> Path:
         """Write a whole spool file durably into queue. chunks are the message bytes;
-        envelope.size must already be their total length.
+        envelope.size must already be their total length. Never replaces a file:
+        FileExistsError if queue already holds this queue ID.
 
         With sync_dir=False the caller must call sync(queue) before acknowledging:
         that is how concurrent sessions share one directory fsync (group commit)."""
@@ -262,13 +263,15 @@ class Spool:
         write_file_synced(tmp, itertools.chain([encode_header(envelope)], chunks, [END]))
         final = self.path(queue, envelope.queue_id)
         try:
-            os.rename(tmp, final)
-        except BaseException:
+            # link, not rename: a file already queued under this name (a queue ID
+            # reused by a broken clock or a wrapped counter) raises FileExistsError
+            # instead of being replaced; the client then hears a temporary failure.
+            os.link(tmp, final)
+        finally:
             try:
                 os.unlink(tmp)  # never leave a synced but unqueued copy behind
             except OSError:
                 pass
-            raise
         if sync_dir:
             self.sync(queue)
         return final
@@ -373,12 +376,14 @@ def write_handoff(spool: Spool, handoff: Handoff) -> Path:
 
 
 def write_handoff_results(spool: Spool, handoff_id: str, results: list[HandoffResult],
-                          sync_dir: bool = True) -> Path:
+                          sync_dir: bool = True, sync_file: bool = True) -> Path:
     """With sync_dir=False the caller fsyncs mda-done/ and tmp/ before removing the
-    request (group commit of several answers)."""
+    request (group commit of several answers); with sync_file=False the answer file
+    too (the MDA's consumer: one syncfs(2) for a batch)."""
     from .fsutil import write_durably
     data = json.dumps([dataclasses.asdict(r) for r in results], separators=(",", ":")).encode()
-    return write_durably(spool.dir("mda-done"), handoff_id, [data], tmp_dir=spool.dir("tmp"), sync_dir=sync_dir)
+    return write_durably(spool.dir("mda-done"), handoff_id, [data], tmp_dir=spool.dir("tmp"), sync_dir=sync_dir,
+                         sync_file=sync_file)
 
 
 def read_handoff_results(path: Path) -> list[HandoffResult]:

@@ -123,3 +123,62 @@ def test_directory_commit_groups_fsyncs_and_never_returns_early():
     assert results.count("failed") == 1       # only the leader whose fsync failed
     assert results.count("ok") == 39
     assert commit.fsyncs < 39                  # grouped: far fewer fsyncs than writers
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from common.spool import Envelope, Recipient, Spool
+spool = Spool(Path(sys.argv[1]))
+sys.stdin.readline()  # both processes start writing together
+out = []
+for _ in range(int(sys.argv[2])):
+    before = time.time_ns()
+    env = Envelope(sender="a@example.org", recipients=[Recipient("alice@example.test")])
+    env.size = 3
+    spool.write(env, [b"hi\\n"], "incoming", sync_dir=False)
+    out.append(f"{env.queue_id} {before} {time.time_ns()}")
+print("\\n".join(out))
+"""
+
+
+def test_queue_ids_unique_across_processes_and_sorted_by_arrival(tmp_path):
+    """Two processes writing at the same time: no ID twice, and a message written
+    after another finished has the larger ID (queue IDs sort by arrival)."""
+    import sys
+
+    from tests.support import ROOT
+
+    spool = spoolmod.Spool(tmp_path / "spool", create=True)
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(spool.root), "300"], cwd=str(ROOT),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    rows = []
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        rows += [(qid, int(before), int(after)) for qid, before, after in (line.split() for line in out.splitlines())]
+    ids = [qid for qid, _, _ in rows]
+    assert len(ids) == len(set(ids)) == 600
+    assert sorted(spool.list("incoming")) == sorted(ids)
+    assert os.listdir(spool.dir("tmp")) == []
+    by_start = sorted(rows, key=lambda r: r[1])
+    for i, (qid, _, after) in enumerate(by_start):
+        for later, before, _ in by_start[i + 1:]:
+            if before > after:
+                assert later > qid, (qid, later)
+
+
+def test_spool_write_never_replaces_a_queued_file(tmp_path):
+    spool = spoolmod.Spool(tmp_path / "spool", create=True)
+    first = spoolmod.Envelope(sender="a@example.org", recipients=[spoolmod.Recipient("alice@example.test")])
+    spool.write(first, spoolmod.encode(first, b"first\r\n")[1:2])
+    again = spoolmod.Envelope(sender="b@example.org", recipients=[spoolmod.Recipient("bob@example.test")],
+                              queue_id=first.queue_id)
+    with pytest.raises(FileExistsError):
+        spool.write(again, spoolmod.encode(again, b"second\r\n")[1:2])
+    kept = spoolmod.parse(spool.path("incoming", first.queue_id))
+    assert kept.envelope.sender == "a@example.org" and kept.read_message() == b"first\r\n"
+    assert os.listdir(spool.dir("tmp")) == []
