@@ -5,9 +5,13 @@ one observer chain:
 
     redaction -> level filter -> stderr or syslog writer
 
-A line reads ``mta[1234]: session=Ab3x queue_id=4F2C connection from 192.0.2.1``: the
-daemon and its pid, then the `session` and `queue_id` fields when the event has them,
-then the formatted message. A failure adds the exception on the same line (with its
+A line reads ``mta[1234]: session=Ab3x queue_id=4F2C trace_id=9c1e... queued from ...``:
+the daemon and its pid, then the `session`, `queue_id` and `trace_id` fields when the
+event has them (`CONTEXT_FIELDS`), then the formatted message. `trace_id` is the
+spool envelope's `trace_id`: every daemon that logs about a message passes it
+(``log.info("...", queue_id=env.queue_id, trace_id=env.trace_id)`` or a logger made
+with ``.bind(queue_id=..., trace_id=...)``), so one grep follows a message through
+the MTA, the queue manager and the MDA. A failure adds the exception on the same line (with its
 traceback joined by `` | `` at debug level), so one event is always one line.
 
 `get_logger("mta.smtp", session=sid)` returns a Logger whose events all carry the given
@@ -58,7 +62,7 @@ _SEVERITY = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.err
              LogLevel.critical: 2}
 
 #: Fields shown before the message, in this order, when the event carries them.
-CONTEXT_FIELDS = ("session", "queue_id")
+CONTEXT_FIELDS = ("session", "queue_id", "trace_id")
 
 
 def redact(event: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +84,7 @@ class RedactingObserver:
 
 
 def format_line(event: dict[str, Any], daemon: str, pid: int | None = None) -> str:
-    """``daemon[pid]: session=... queue_id=... message`` on one line."""
+    """``daemon[pid]: session=... queue_id=... trace_id=... message`` on one line."""
     parts = [f"{daemon}[{pid or os.getpid()}]:"]
     for name in CONTEXT_FIELDS:
         value = event.get(name)
