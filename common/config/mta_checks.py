@@ -54,9 +54,10 @@ class DnsConfig:
 
 @dataclass(frozen=True)
 class SpfPolicy:
-    """SPF (RFC 7208) for the MAIL FROM identity, or the HELO identity when MAIL FROM is empty."""
+    """SPF (RFC 7208) for the MAIL FROM identity (postmaster@HELO when MAIL FROM is empty)
+    and the HELO identity; the actions apply to the MAIL FROM identity's result."""
 
-    enabled: bool = doc("check SPF at MAIL FROM", default=True)
+    enabled: bool = doc("check SPF at MAIL FROM (the MAIL FROM and HELO identities)", default=True)
     fail: Action = doc("action when the domain says the client may not send for it (-all)", default="record")
     softfail: Action = doc("action for softfail (~all)", default="record")
     neutral: Action = doc("action for neutral (?all)", default="record")

@@ -6,7 +6,7 @@ returns a Deferred that never errbacks (an unexpected error becomes 451 4.3.0):
     checks = MessageChecks(cfg, reactor)            # cfg: common.config.Config for "mta"
     error = await checks.connect(client_ip)         # DNS blocklists at connect
     info = {"client_ip": ip, "helo": helo, "sender": sender}   # one per transaction
-    error = await checks.mail_from(ip, helo, sender, info)     # SPF; keeps info["spf"]
+    error = await checks.mail_from(ip, helo, sender, info)     # SPF (MAIL FROM and HELO); keeps info["spf"]
     error = await checks.rcpt(ip, recipient)        # DNS blocklists at RCPT
     verdict = await checks.data(info, message)      # DKIM, DMARC, Authentication-Results
 
@@ -51,7 +51,7 @@ from common.log import get_logger
 from . import authresults, dkim, dmarc, dnsbl, spf
 from .spf import SpfResult
 
-log = get_logger("mta.checks")
+log = _log = get_logger("mta.checks")
 
 DNS_TEMPFAIL_TEXT = "Temporary DNS failure, try again later"
 
@@ -149,8 +149,10 @@ class MessageChecks:
         result: SpfResult = yield self._spf(client_ip, helo, sender)
         if info is not None:
             info["spf"] = result
-        log.info("SPF {result} for {identity} {domain} from {client_ip}: {explanation}", result=result.result,
-                 identity=result.identity, domain=result.domain, client_ip=client_ip, explanation=result.explanation)
+        for r in (result, result.helo_result):
+            if r is not None:
+                log.info("SPF {result} for {identity} {domain} from {client_ip}: {explanation}", result=r.result,
+                         identity=r.identity, domain=r.domain, client_ip=client_ip, explanation=r.explanation)
         return self._spf_error(result, client_ip)
 
     def _spf_error(self, result: SpfResult, client_ip: str) -> MailError | None:
@@ -169,6 +171,7 @@ class MessageChecks:
     @inlineCallbacks
     def _data(self, info: dict, message: bytes):
         cfg = self.cfg
+        log = _log.bind(queue_id=info.get("queue_id"), trace_id=info.get("trace_id"))
         client_ip = info.get("client_ip", "")
         helo, sender = info.get("helo") or "", info.get("sender") or ""
         entries: list[str] = []
@@ -184,6 +187,9 @@ class MessageChecks:
                 entries.append(authresults.result_entry("spf", spf_result.result, smtp_helo=spf_result.domain))
             else:
                 entries.append(authresults.result_entry("spf", spf_result.result, smtp_mailfrom=spf_result.domain))
+            if spf_result.helo_result is not None:
+                entries.append(authresults.result_entry("spf", spf_result.helo_result.result,
+                                                        smtp_helo=spf_result.helo_result.domain))
 
         dkim_results: list = []
         if cfg.dkim.enabled:

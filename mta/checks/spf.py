@@ -1,4 +1,10 @@
-"""mta.checks.spf -- SPF (RFC 7208) for the MAIL FROM identity, or HELO when MAIL FROM is empty.
+"""mta.checks.spf -- SPF (RFC 7208) for the MAIL FROM and the HELO identities.
+
+`check_spf` checks the MAIL FROM identity (postmaster@HELO when MAIL FROM is empty,
+RFC 7208 2.4) and, when MAIL FROM is not empty and HELO is a domain name, the HELO
+identity as well (2.3), each on its own. The MAIL FROM result is the one policy and
+DMARC use; the HELO result (`SpfResult.helo_result`) is reported next to it
+(smtp.helo in Authentication-Results).
 
 The evaluation is pyspf's, run in the resolver's thread pool. pyspf looks up DNS
 through its module-level `spf.DNSLookup`; this module replaces that hook once with a
@@ -15,7 +21,8 @@ The domain put into results is sanitised by `authresults` before it reaches a he
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 import spf
 from twisted.internet.defer import Deferred
@@ -37,6 +44,10 @@ class SpfResult:
     identity: str       # "mailfrom" or "helo"
     domain: str         # the domain checked (of MAIL FROM, or the HELO name)
     explanation: str    # pyspf's text, for the log
+    helo_result: "SpfResult | None" = None  # the HELO identity's own check, when made apart
+
+
+_HELO_DOMAIN = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{1,63}")
 
 
 def _dns_lookup(name, qtype, strict=True, timeout=None):
@@ -73,7 +84,16 @@ def _domain_of(sender: str, helo: str) -> tuple[str, str]:
 
 
 def check_spf_sync(resolver: Resolver, client_ip: str, helo: str, sender: str, receiver: str) -> SpfResult:
-    """Blocking SPF check; call inside resolver.in_thread."""
+    """Blocking SPF check of both identities; call inside resolver.in_thread."""
+    result = _check_sync(resolver, client_ip, helo, sender, receiver)
+    helo_domain = helo.lower().rstrip(".")
+    if sender and _HELO_DOMAIN.fullmatch(helo_domain):
+        result = replace(result, helo_result=_check_sync(resolver, client_ip, helo, "", receiver))
+    return result
+
+
+def _check_sync(resolver: Resolver, client_ip: str, helo: str, sender: str, receiver: str) -> SpfResult:
+    """One identity: sender's domain, or the HELO name when sender is empty."""
     identity, domain = _domain_of(sender, helo)
     if not domain:
         return SpfResult("none", identity, domain, "no domain to check")
@@ -91,5 +111,6 @@ def check_spf_sync(resolver: Resolver, client_ip: str, helo: str, sender: str, r
 
 
 def check_spf(resolver: Resolver, client_ip: str, helo: str, sender: str, receiver: str) -> Deferred:
-    """SPF for sender (or for helo when sender is empty): Deferred[SpfResult]."""
+    """SPF for sender (or for helo when sender is empty), with the HELO identity's own
+    result in helo_result when sender is not empty: Deferred[SpfResult]."""
     return resolver.in_thread(check_spf_sync, resolver, client_ip, helo, sender, receiver)

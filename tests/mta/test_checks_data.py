@@ -212,7 +212,8 @@ class DataChecksTests(DnsServerMixin, unittest.TestCase):
         checks = self.checks("checks:\n  dmarc:\n    enabled: false\n  dkim:\n    enabled: false\n")
         verdict = await self.data(message("alice@reject.test"), "x@elsewhere.example", ip=STRANGER, checks=checks)
         self.assertIsNone(verdict.error)
-        self.assertEqual(self.results(verdict), "mx.receiver.test; spf=none smtp.mailfrom=elsewhere.example")
+        self.assertEqual(self.results(verdict), "mx.receiver.test; spf=none smtp.mailfrom=elsewhere.example; "
+                                                "spf=none smtp.helo=client.example")
 
     async def test_dmarc_dns_timeout_gives_451_4_4_3(self):
         verdict = await self.data(message("alice@slow.test"), "x@slow.test")

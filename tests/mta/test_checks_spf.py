@@ -99,6 +99,23 @@ class SpfTests(DnsServerMixin, unittest.TestCase):
         self.assertEqual((spf.result, spf.identity), ("fail", "helo"))
         self.assertIsNone(error)
 
+    async def test_mail_from_and_helo_are_both_checked(self):
+        checks = self.checks("checks:\n  spf:\n    fail: reject\n")
+        # MAIL FROM passes, HELO fails: the HELO result is reported, MAIL FROM's decides.
+        error, spf = await self.spf(checks, "someone@pass.test", helo="fail.test")
+        self.assertEqual((spf.result, spf.identity, spf.domain), ("pass", "mailfrom", "pass.test"))
+        self.assertEqual((spf.helo_result.result, spf.helo_result.identity, spf.helo_result.domain),
+                         ("fail", "helo", "fail.test"))
+        self.assertIsNone(error)
+        # The other way round: refused on MAIL FROM's fail, although HELO passes.
+        error, spf = await self.spf(checks, "someone@fail.test", helo="helo.test")
+        self.assertEqual((spf.result, spf.helo_result.result), ("fail", "pass"))
+        self.assertEqual((error.code, error.enhanced), (550, "5.7.23"))
+        # A HELO that is an address literal or a bare word is no identity to check.
+        for helo in ("[192.0.2.10]", "localhost"):
+            _, spf = await self.spf(checks, "someone@pass.test", helo=helo)
+            self.assertIsNone(spf.helo_result, helo)
+
     async def test_policy_per_result_is_configurable(self):
         checks = self.checks("checks:\n  spf:\n    fail: reject\n    softfail: defer\n    permerror: reject\n    temperror: record\n")
         error, _ = await self.spf(checks, "someone@fail.test")
