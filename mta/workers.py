@@ -8,14 +8,16 @@ hands each new connection to whichever process accepts it first, so every core
 takes SMTP sessions. The first process then stops accepting: it runs the queue
 manager, whose synchronous work must not delay anyone's 250. Each worker drops privileges through the same runner, writes
 the spool with its own group commit, and runs no queue manager (the queue
-manager's periodic scan of incoming/ finds what workers spool).
+manager's periodic scan of incoming/ finds what workers spool). The workers also
+inherit the table of per-client counts (mta.clientlimits), each with its own
+column of connection counts, so the limits hold for all of them together.
 
 The first process watches its workers: one that dies is started again (at most
-once per second), and on SIGTERM every worker gets SIGTERM and the same grace.
+once per second, after its column of connection counts is zeroed), and on SIGTERM every worker gets SIGTERM and the same grace.
 Workers die with their parent (PR_SET_PDEATHSIG on Linux).
 
 SECURITY: workers are the same program with the same configuration; nothing but
-socket descriptors crosses the process boundary.
+socket descriptors and the counts table's memfd crosses the process boundary.
 """
 
 from __future__ import annotations
@@ -102,8 +104,9 @@ class WorkerPool(Service):
 
     name = "receive-workers"
 
-    def __init__(self, cfg, listener_services, count: int, reactor):
+    def __init__(self, cfg, listener_services, count: int, reactor, limits_table=None):
         self.cfg = cfg
+        self.limits_table = limits_table
         self.listener_services = listener_services
         self.count = count
         self.reactor = reactor
@@ -122,20 +125,25 @@ class WorkerPool(Service):
                 raise RuntimeError(f"listener {svc.name} is not bound; cannot share it")
             self.fds[svc.name.removeprefix("smtp-")] = port.fileno()
             self.ports.append(port)
-        self.procs = [self._spawn() for _ in range(self.count)]
+        self.procs = [self._spawn(i) for i in range(self.count)]
         # This process keeps the sockets open (for restarts) but accepts nothing:
         # its reactor runs the queue manager, whose fsyncs must not stall sessions.
         for port in self.ports:
             port.stopReading()
 
-    def _spawn(self) -> subprocess.Popen:
-        from .main import WORKER_ENV
+    def _spawn(self, column: int) -> subprocess.Popen:
+        from .main import LIMITS_ENV, WORKER_ENV
 
         env = dict(os.environ)
         env[WORKER_ENV] = ",".join(f"{name}={fd}" for name, fd in self.fds.items())
+        fds = tuple(self.fds.values())
+        table = self.limits_table
+        if table is not None:
+            env[LIMITS_ENV] = f"{table.fd}:{column}"
+            fds += (table.fd,)
         self._last_spawn = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "mta.main", "--config", str(self.cfg.dir)],
-                                pass_fds=tuple(self.fds.values()), env=env,
+                                pass_fds=fds, env=env,
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         log.info("receiving process {pid} started", pid=proc.pid)
         return proc
@@ -150,9 +158,11 @@ class WorkerPool(Service):
         for i, proc in enumerate(self.procs):
             if proc is not None and proc.poll() is not None:
                 log.warn("receiving process {pid} exited with {code}", pid=proc.pid, code=proc.returncode)
+                if self.limits_table is not None:
+                    self.limits_table.clear_column(i)  # the connections it held are gone
                 if time.monotonic() - self._last_spawn >= 1.0:
                     try:
-                        self.procs[i] = self._spawn()
+                        self.procs[i] = self._spawn(i)
                     except OSError as e:
                         log.error("cannot restart a receiving process: {error}", error=e)
                         self.procs[i] = None
