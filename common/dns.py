@@ -9,6 +9,7 @@ DnsConfig`), so tests point everything at a DNS server on loopback.
     d = resolver.query("example.org", "MX")        # Deferred[list of dnspython rdata]
     rows = resolver.query_sync("example.org", "TXT")  # the same, from a worker thread
     d = resolver.in_thread(blocking_function, arg)    # run a library that does its own DNS
+    d = resolver.verified_name("192.0.2.1")         # Deferred[str | None]: FCrDNS
 
 Results are dnspython rdata objects (``.address`` for A/AAAA, ``.preference`` and
 ``.exchange`` for MX, ``.strings`` for TXT, ``.target`` for PTR and CNAME); CNAME
@@ -19,6 +20,12 @@ chains are followed. Failures are one of three exceptions, all `DnsError`:
 - `DnsTemporaryError`: time-out, SERVFAIL, REFUSED, no usable server. Callers turn
   it into a temporary failure (451 4.4.3): never acceptance by default and never a
   permanent refusal.
+
+`verified_name(ip)` is the forward-confirmed reverse DNS name of a client (its PTR
+names, the first whose A or AAAA records include ip), or None: no PTR, no name that
+points back, or DNS failed. Its answers are cached, bounded in number
+(`NAME_CACHE_SIZE`) and in time (the records' TTL, at most an hour; a name that is
+not confirmed, for `NEGATIVE_TTL`); a DNS failure is not cached.
 
 Libraries that look up DNS themselves (pyspf, dkimpy) run inside `in_thread` and
 are given functions built on `query_sync`, so they use the same servers.
@@ -31,6 +38,7 @@ number running at once (`threads`); further lookups wait in the pool's queue.
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Any, Callable
 
 import dns.exception
@@ -38,9 +46,17 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
+
+
+#: verified_name(): at most this many PTR names are checked, this many answers kept,
+#: a confirmed name kept at most MAX_NAME_TTL seconds and an unconfirmed one NEGATIVE_TTL.
+MAX_PTR_NAMES = 5
+NAME_CACHE_SIZE = 10_000
+MAX_NAME_TTL = 3600
+NEGATIVE_TTL = 60
 
 
 class DnsError(Exception):
@@ -88,6 +104,7 @@ class Resolver:
         self._resolver.search = []
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="postroom-dns")
         self._shutdown_trigger = None
+        self._names: dict[str, tuple[str | None, float]] = {}
 
     @classmethod
     def from_config(cls, dns_cfg, reactor=None) -> "Resolver":
@@ -108,6 +125,14 @@ class Resolver:
     def query(self, name: str | dns.name.Name, rdtype: str | int) -> Deferred:
         """Look name up without blocking the reactor: Deferred[list of rdata] or a DnsError."""
         return self.in_thread(self.query_sync, name, rdtype)
+
+    def verified_name(self, ip: str) -> Deferred:
+        """The forward-confirmed reverse DNS name of ip: Deferred[str | None], never
+        an error (see the module docstring)."""
+        cached = self._names.get(ip)
+        if cached is not None and cached[1] > time.monotonic():
+            return succeed(cached[0])
+        return self.in_thread(self.verified_name_sync, ip)
 
     def in_thread(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
         """Run function(*args, **kwargs) in the resolver's thread pool; for libraries
@@ -135,6 +160,41 @@ class Resolver:
 
     def query_sync(self, name: str | dns.name.Name, rdtype: str | int) -> list:
         """Look name up, blocking: list of rdata, or raise NXDomain, NoAnswer, DnsTemporaryError."""
+        return list(self._answer_sync(name, rdtype))
+
+    def verified_name_sync(self, ip: str) -> str | None:
+        """verified_name() from a worker thread."""
+        address = plain_ip(ip)
+        if address is None:
+            return None
+        try:
+            ptr = self._answer_sync(reverse_name(str(address)), "PTR")
+        except (NXDomain, NoAnswer):
+            return self._remember(ip, None, NEGATIVE_TTL)
+        except DnsError:
+            return None
+        ttl = min(ptr.rrset.ttl, MAX_NAME_TTL)
+        failed = False
+        for rdata in list(ptr)[:MAX_PTR_NAMES]:
+            try:
+                forward = self._answer_sync(rdata.target, "A" if address.version == 4 else "AAAA")
+            except (NXDomain, NoAnswer):
+                continue
+            except DnsError:
+                failed = True
+                continue
+            if any(plain_ip(r.address) == address for r in forward):
+                name = rdata.target.to_text(omit_final_dot=True).lower()
+                return self._remember(ip, name, min(ttl, forward.rrset.ttl))
+        return None if failed else self._remember(ip, None, min(ttl, NEGATIVE_TTL))
+
+    def _remember(self, ip: str, name: str | None, ttl: float) -> str | None:
+        if len(self._names) >= NAME_CACHE_SIZE:
+            self._names.clear()  # bounded: forget everyone rather than grow
+        self._names[ip] = (name, time.monotonic() + ttl)
+        return name
+
+    def _answer_sync(self, name: str | dns.name.Name, rdtype: str | int):
         try:
             qname = name if isinstance(name, dns.name.Name) else dns.name.from_text(name)
             answer = self._resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=True)
@@ -152,7 +212,7 @@ class Resolver:
             raise DnsTemporaryError(f"{name}: no name server answered ({_short(e)})") from None
         except dns.exception.DNSException as e:
             raise DnsTemporaryError(f"{name}: DNS failure ({type(e).__name__}: {_short(e)})") from None
-        return list(answer)
+        return answer
 
     def txt_sync(self, name: str | dns.name.Name) -> list[bytes]:
         """The TXT records of name, each with its strings joined (RFC 7208 3.3)."""

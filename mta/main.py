@@ -4,8 +4,8 @@
 a crash in tmp/ removed at start), the spool writer (group commit), the recipient
 policy, the checks, one listener per entry of mta.yaml's `listeners`, the queue
 manager, and, with `receive_processes` above 1, that many receiving processes
-sharing the listening sockets while this one runs only the queue manager
-(mta.workers).
+sharing the listening sockets and one table of per-client counts
+(mta.clientlimits) while this one runs only the queue manager (mta.workers).
 
 SECURITY: binds while privileged, then the runner drops to the configured user
 before anything is read from the network.
@@ -25,6 +25,8 @@ log = get_logger("postroom.mta")
 
 #: Set by mta.workers in a receiving process it starts: "name=fd,name=fd".
 WORKER_ENV = "POSTROOM_MTA_WORKER_FDS"
+#: Set with it: "fd:column", the shared table of client limits and this process's column.
+LIMITS_ENV = "POSTROOM_MTA_LIMITS"
 
 
 class WriterService(Service):
@@ -58,9 +60,25 @@ def receive_processes(cfg) -> int:
     return n if n > 0 else (os.cpu_count() or 1)
 
 
-def build_receiver(cfg, reactor, on_commit=None):
+def _client_limits(cfg, inherited: str | None):
+    """This process's ClientLimits: in the table inherited from the first process
+    ("fd:column"), or in a private one (one receiving process, or failing safe)."""
+    from .clientlimits import ClientLimits, SharedTable
+
+    if inherited:
+        fd, _, column = inherited.partition(":")
+        try:
+            return ClientLimits(cfg.daemon.limits, SharedTable.attach(int(fd)), int(column))
+        except (OSError, ValueError) as e:
+            log.warn("cannot map the shared client limits ({error}): counting them in this process only",
+                     error=e)
+    return ClientLimits(cfg.daemon.limits, SharedTable.private())
+
+
+def build_receiver(cfg, reactor, on_commit=None, limits_from: str | None = None):
     """The ReceiverContext of this process (shared by every listener's sessions)."""
     from common.auth import Authenticator
+    from common.dns import Resolver
     from common.tls import ServerTLS
     from common.users import UserDB
 
@@ -79,6 +97,7 @@ def build_receiver(cfg, reactor, on_commit=None):
         listener.auth_on for listener in mta.listeners.values()) else None
     policy = RecipientPolicy(cfg.core, mta.recipients, users, Aliases(mta.recipients.aliases_file),
                              srs=Srs.from_config(mta.queue.srs, mta_uid(cfg.core)))
+    resolver = Resolver.from_config(mta.dns, reactor)
     checks = None
     if any(listener.checks_on for listener in mta.listeners.values()):
         try:
@@ -86,17 +105,18 @@ def build_receiver(cfg, reactor, on_commit=None):
         except ImportError:
             log.warn("mta.checks is not available: SPF, DKIM, DMARC and blocklist checks are off")
         else:
-            checks = MessageChecks(cfg, reactor)
+            checks = MessageChecks(cfg, reactor, resolver=resolver)
     writer = SpoolWriter(spool, reactor, threads=mta.spool_threads, on_commit=on_commit)
     return ReceiverContext(cfg, reactor, writer, policy, server_tls=server_tls,
                            authenticator=authenticator, checks=checks,
-                           processes=receive_processes(cfg))
+                           client_limits=_client_limits(cfg, limits_from), resolver=resolver)
 
 
 def build(cfg, parent, reactor) -> None:
     from .smtpd import SmtpFactory
 
     inherited = os.environ.pop(WORKER_ENV, None)
+    limits_from = os.environ.pop(LIMITS_ENV, None)
     if inherited is None:
         removed = Spool(cfg.core.paths.spool, create=True).clean_tmp()
         if removed:
@@ -110,7 +130,7 @@ def build(cfg, parent, reactor) -> None:
         if queue_service is not None:
             queue_service.nudge()
 
-    ctx = build_receiver(cfg, reactor, on_commit=nudge)
+    ctx = build_receiver(cfg, reactor, on_commit=nudge, limits_from=limits_from)
     WriterService(ctx.writer, ctx.policy).setServiceParent(parent)
     if inherited is not None:
         from .workers import adopt_listeners
@@ -121,8 +141,15 @@ def build(cfg, parent, reactor) -> None:
         listeners.append(listen(parent, listener, SmtpFactory(ctx, name, listener), ctx.server_tls, reactor,
                                 name=f"smtp-{name}"))
     if receive_processes(cfg) > 1 and listeners:
+        from .clientlimits import SharedTable
         from .workers import WorkerPool
-        WorkerPool(cfg, listeners, receive_processes(cfg), reactor).setServiceParent(parent)
+        try:
+            table = SharedTable.create(receive_processes(cfg))
+        except OSError as e:
+            table = None
+            log.warn("cannot share client limits between receiving processes ({error}): "
+                     "each counts its own", error=e)
+        WorkerPool(cfg, listeners, receive_processes(cfg), reactor, table).setServiceParent(parent)
     queue_service.setServiceParent(parent)
 
 

@@ -2,8 +2,9 @@
 
 `received_header()` writes an RFC 5321 section 4.4 Received field with the protocol
 of RFC 3848 / RFC 6531 (ESMTP, ESMTPS, ESMTPSA, UTF8SMTPS...) and, for TLS, the
-`tls` clause of RFC 8314 section 4.3 with the cipher suite (and the version as a
-comment). `count_received()` counts the trace fields for loop detection.
+`tls` clause of RFC 8314 section 4.3 with the cipher suite under its IANA name
+(`iana_cipher_name()`: OpenSSL calls TLS 1.2 suites by names of its own) and the
+version as a comment. `count_received()` counts the trace fields for loop detection.
 `submission_headers()` returns Date and Message-ID fields when the message from an
 authenticated submission client lacks them (RFC 6409 section 8).
 
@@ -16,6 +17,42 @@ from __future__ import annotations
 import re
 import time
 from email.utils import formatdate
+
+#: OpenSSL's names of TLS 1.2 cipher suites -> the IANA registry's (RFC 8314 4.3 asks for
+#: those). TLS 1.3 suites have the IANA name in OpenSSL too. The default cipher list
+#: (ECDHE+AESGCM:ECDHE+CHACHA20) is covered, and the other AEAD and CBC suites an
+#: administrator may allow; a suite not listed keeps OpenSSL's name.
+IANA_CIPHERS = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305": "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "ECDHE-RSA-AES256-GCM-SHA384": "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "ECDHE-RSA-CHACHA20-POLY1305": "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "DHE-RSA-AES128-GCM-SHA256": "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256",
+    "DHE-RSA-AES256-GCM-SHA384": "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384",
+    "DHE-RSA-CHACHA20-POLY1305": "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "AES128-GCM-SHA256": "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "AES256-GCM-SHA384": "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "ECDHE-ECDSA-AES128-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "ECDHE-ECDSA-AES256-SHA384": "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA384",
+    "ECDHE-RSA-AES128-SHA256": "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+    "ECDHE-RSA-AES256-SHA384": "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384",
+    "ECDHE-ECDSA-AES128-SHA": "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "ECDHE-ECDSA-AES256-SHA": "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "ECDHE-RSA-AES128-SHA": "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "ECDHE-RSA-AES256-SHA": "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "AES128-SHA256": "TLS_RSA_WITH_AES_128_CBC_SHA256",
+    "AES256-SHA256": "TLS_RSA_WITH_AES_256_CBC_SHA256",
+    "AES128-SHA": "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "AES256-SHA": "TLS_RSA_WITH_AES_256_CBC_SHA",
+}
+
+
+def iana_cipher_name(openssl_name: str) -> str:
+    """The IANA name of a cipher suite named by OpenSSL (unchanged if unknown or already IANA)."""
+    return IANA_CIPHERS.get(openssl_name, openssl_name)
+
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 _HEADER_END = re.compile(rb"\r\n\r\n")

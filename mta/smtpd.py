@@ -7,9 +7,14 @@ spool through mta.receiver (group commit) before the 250 with the queue ID.
 Answers may be asynchronous; the core keeps replies in command order meanwhile and
 reading pauses when too much pipelined input waits.
 
-Per process (`ReceiverContext`): connection counts in total and per client
-address, and the per-address message rate; the command and data timeouts of
-RFC 5321 4.5.3.2 are per session.
+At connect the client's forward-confirmed reverse DNS name is looked up
+(common.dns, cached; the greeting waits for it at most
+`limits.reverse_dns_timeout`) for the Received header, the spool and the log.
+Connections in total and per client address, and the per-address message rate,
+are counted for all receiving processes together (mta.clientlimits); the command
+and data timeouts of RFC 5321 4.5.3.2 are per session. Authentication-Results
+fields claiming our authserv-id and our quarantine marker are removed from every
+message received (by mta.checks where the checks run, here otherwise).
 
 SECURITY: all input is from the network. Any unexpected error becomes 451 4.3.0
 (or 421 and a close outside a command) and is logged; the client never sees a
@@ -17,10 +22,6 @@ traceback. Passwords and message bodies are never logged.
 """
 
 from __future__ import annotations
-
-import time
-from collections import defaultdict, deque
-from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
@@ -34,17 +35,28 @@ from common.runner import peer_ip, secure_transport
 from common.smtp import replies as R
 from common.smtp.server import (
     Authenticate, Close, MailFrom, Message, RcptTo, Reply, ServerSettings, SmtpServerConn, StartTLS, Verify,
+    valid_address,
 )
 from common.spool import Envelope, Recipient
 
+from . import clientlimits
+from .checks.authresults import remove_fields
 from .policy import RecipientPolicy
-from .received import count_received, protocol_name, received_header, submission_headers
+from .received import (
+    count_received, header_section, iana_cipher_name, protocol_name, received_header, submission_headers,
+)
 
 log = get_logger("postroom.mta.smtpd")
 
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 TOO_MANY_FROM_YOU = Reply(421, "4.7.0", "Too many connections from your address, try again later")
 RATE_LIMITED = Reply(450, "4.7.1", "Too many messages from your address, try again later")
+NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
+_ADMIT_REFUSALS = {
+    clientlimits.TOO_MANY_CONNECTIONS: TOO_MANY_CONNECTIONS,
+    clientlimits.TOO_MANY_FROM_CLIENT: TOO_MANY_FROM_YOU,
+    clientlimits.TABLE_FULL: TOO_MANY_CONNECTIONS,
+}
 MAIL_LOOP = Reply(554, "5.4.6", "Too many Received headers: mail loop")
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
 
@@ -60,7 +72,8 @@ class ReceiverContext:
     """What every session of this process shares."""
 
     def __init__(self, cfg, reactor, writer, policy: RecipientPolicy, server_tls=None,
-                 authenticator=None, checks=None, processes: int = 1):
+                 authenticator=None, checks=None, client_limits: clientlimits.ClientLimits | None = None,
+                 resolver=None):
         self.cfg = cfg
         self.core = cfg.core
         self.mta = cfg.daemon
@@ -71,10 +84,15 @@ class ReceiverContext:
         self.server_tls = server_tls
         self.authenticator = authenticator
         self.checks = checks
-        self.max_connections = max(1, self.limits.max_connections // max(1, processes))
-        self.connections = 0
-        self.per_client: dict[str, int] = defaultdict(int)
-        self.recent_messages: dict[str, deque] = {}
+        self.client_limits = client_limits or clientlimits.ClientLimits(
+            self.limits, clientlimits.SharedTable.private())
+        #: looks up client names at connect (None or a timeout of 0: no lookup)
+        self.resolver = resolver
+        self.name_timeout = float(self.limits.reverse_dns_timeout)
+        checks_cfg = cfg.daemon.checks
+        self.authserv_id = checks_cfg.authserv_id or self.core.hostname
+        self.quarantine_header = checks_cfg.dmarc.quarantine_header
+        self._ours = (b"authentication-results", self.quarantine_header.lower().encode("ascii", "replace"))
         self._settings: dict[str, ServerSettings] = {}
 
     def settings(self, name: str, listener: SmtpListener) -> ServerSettings:
@@ -94,39 +112,26 @@ class ReceiverContext:
         return s
 
     def admit(self, ip: str) -> Reply | None:
-        if self.connections >= self.max_connections:
-            return TOO_MANY_CONNECTIONS
-        if self.per_client[ip] >= self.limits.max_connections_per_client:
-            return TOO_MANY_FROM_YOU
-        self.connections += 1
-        self.per_client[ip] += 1
-        return None
+        """Count a new connection (all receiving processes together), or the refusal."""
+        outcome = self.client_limits.admit(ip)
+        if outcome is clientlimits.TABLE_FULL:
+            log.warn("client limits table full: refusing {ip} for now", ip=ip)
+        return _ADMIT_REFUSALS.get(outcome) if outcome is not None else None
 
     def release(self, ip: str) -> None:
-        self.connections -= 1
-        left = self.per_client[ip] - 1
-        if left > 0:
-            self.per_client[ip] = left
-        else:
-            self.per_client.pop(ip, None)
+        self.client_limits.release(ip)
 
     def rate_exceeded(self, ip: str) -> bool:
         """Count one message from ip; True if it is over the per-minute limit."""
-        limit = self.limits.max_messages_per_client_per_minute
-        if not limit:
-            return False
-        now = time.monotonic()
-        q = self.recent_messages.get(ip)
-        if q is None:
-            if len(self.recent_messages) > 100_000:
-                self.recent_messages.clear()  # bounded: forget everyone rather than grow
-            q = self.recent_messages[ip] = deque()
-        while q and now - q[0] > 60:
-            q.popleft()
-        if len(q) >= limit:
-            return True
-        q.append(now)
-        return False
+        return not self.client_limits.message(ip)
+
+    def strip_ours(self, message: bytes) -> tuple[bytes, int]:
+        """message without Authentication-Results fields claiming our authserv-id and
+        without our quarantine marker (they came from outside, so they are forged)."""
+        head = header_section(message).lower()
+        if not any(name in head for name in self._ours):
+            return message, 0  # most mail: a search, no parsing
+        return remove_fields(message, self.authserv_id, also=(self.quarantine_header,))
 
 
 class SmtpFactory(Factory):
@@ -148,6 +153,7 @@ class SmtpSession(Protocol):
         self.listener = listener
         self.conn: SmtpServerConn | None = None
         self.ip = "unknown"
+        self.client_name: str | None = None  # forward-confirmed reverse DNS
         self.admitted = False
         self.paused = False
         self.closing_when_idle = False
@@ -182,14 +188,41 @@ class SmtpSession(Protocol):
         self.conn = SmtpServerConn(settings, tls=secure, auth_allowed=self._auth_allowed(secure))
         self._last = self.ctx.reactor.seconds()
         self._schedule(self.ctx.limits.command_timeout)
+        waits = []
+        if self.ctx.resolver is not None and self.ctx.name_timeout > 0:
+            waits.append(self._look_up_name())
         if self._checks_active():
+            waits.append(self.ctx.checks.connect(self.ip))
+        waits = [d for d in waits if not (d.called and d.result is None)]  # a cached name: no wait
+        if waits:
             self.greeted = False
-            self._answer(self.ctx.checks.connect(self.ip), self._greet_after_check)
+            self._answer(defer.gatherResults(waits), self._greet_after_check)
         else:
             self.conn.greet()
             self._flush()
 
-    def _greet_after_check(self, result):
+    def _look_up_name(self) -> defer.Deferred:
+        """The client's verified name into self.client_name; fires with None when it is
+        known or after limits.reverse_dns_timeout, whichever comes first."""
+        done = defer.Deferred()
+        timer = None
+
+        def found(name):
+            if isinstance(name, str):
+                self.client_name = name  # a late answer still counts for what follows
+            if timer is not None and timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        lookup = self.ctx.resolver.verified_name(self.ip)
+        lookup.addCallbacks(found, lambda _failure: found(None))
+        if not done.called:
+            timer = self.ctx.reactor.callLater(self.ctx.name_timeout, found, None)
+        return done
+
+    def _greet_after_check(self, results):
+        result = next((r for r in results if r is not None), None) if isinstance(results, list) else results
         error = result if isinstance(result, MailError) else None
         if isinstance(result, BaseException) and error is None:
             error = unexpected(result)
@@ -333,6 +366,8 @@ class SmtpSession(Protocol):
             return c.accept(info=result)
         if isinstance(ev, Message):
             return c.accept(f"OK queued as {result}")
+        if isinstance(ev, Verify):
+            return c.accept(result if isinstance(result, str) else None)
         if isinstance(ev, Authenticate):
             events = c.accept()
             c.auth_user = result.name
@@ -372,8 +407,27 @@ class SmtpSession(Protocol):
             d.addErrback(self._login_failed)
             return d
         if isinstance(ev, Verify):
-            targets = self.ctx.policy.resolve(ev.argument) if "@" in ev.argument else None
-            return Reply(550, "5.1.1", "No such user here") if not targets else True
+            return self._on_vrfy(ev.argument)
+        return True
+
+    def _on_vrfy(self, argument: str):
+        """VRFY (when enabled): 250 naming the mailbox of one local user, 550 for an
+        unknown local recipient, else 252: a remote address, a list, anything
+        unparsable. The reply never repeats what the client wrote."""
+        text = argument.strip()
+        if text.endswith(">") and "<" in text:
+            text = text[text.rindex("<") + 1:-1]
+        policy = self.ctx.policy
+        address = text if "@" in text else f"{text}@{policy.first_local}"
+        if not valid_address(address):
+            return True
+        if address.rpartition("@")[2].lower().rstrip(".") not in policy.local_domains:
+            return True
+        targets = policy.resolve(address)
+        if not targets:
+            return NO_SUCH_USER
+        if len(targets) == 1 and targets[0].mailbox:
+            return f"<{targets[0].mailbox}>"
         return True
 
     def _login_failed(self, failure):
@@ -413,6 +467,8 @@ class SmtpSession(Protocol):
         c = self.conn
         params = ev.mail_params
         tls = tlsmod.tls_info(self.transport) if c.tls_active else None
+        if tls is not None:
+            tls = (tls[0], iana_cipher_name(tls[1]))
         recipients = []
         seen = set()
         for r in ev.recipients:
@@ -427,17 +483,22 @@ class SmtpSession(Protocol):
         envelope = Envelope(
             sender=ev.sender, recipients=recipients,
             source="submission" if self.listener.is_submission else "smtp",
-            client_address=self.ip, client_port=self.client_port, helo=c.helo,
+            client_address=self.ip, client_port=self.client_port, client_name=self.client_name, helo=c.helo,
             auth_user=c.auth_user, tls_version=tls[0] if tls else None, tls_cipher=tls[1] if tls else None,
             body=params.get("BODY", "7BIT"), smtputf8=bool(params.get("SMTPUTF8")),
             ret=params.get("RET"), envid=params.get("ENVID"))
         if self._checks_active():
             info = getattr(self, "check_info", None) or {"client_ip": self.ip, "helo": c.helo, "sender": ev.sender}
             self.check_info = None
-            info.update(recipients=[r.address for r in ev.recipients], queue_id=envelope.queue_id)
+            info.update(recipients=[r.address for r in ev.recipients], queue_id=envelope.queue_id,
+                        trace_id=envelope.trace_id)
             d = self.ctx.checks.data(info, data)
             d.addCallback(self._after_checks, ev, envelope, tls)
             return d
+        data, removed = self.ctx.strip_ours(data)
+        if removed:
+            self.log.info("removed {count} header fields claiming to be ours", count=removed,
+                          queue_id=envelope.queue_id, trace_id=envelope.trace_id)
         return self._store(ev, envelope, data, tls)
 
     def _after_checks(self, verdict, ev, envelope, tls):
@@ -451,7 +512,7 @@ class SmtpSession(Protocol):
         trace = received_header(
             self.ctx.core.hostname, envelope.queue_id,
             protocol_name(c.esmtp, tls is not None, c.auth_user is not None, envelope.smtputf8),
-            c.helo, self.ip, None, ev.recipients[0].address if len(ev.recipients) == 1 else None, tls,
+            c.helo, self.ip, self.client_name, ev.recipients[0].address if len(ev.recipients) == 1 else None, tls,
             envelope.arrival)
         if self.listener.is_submission:
             trace += submission_headers(data, self.ctx.core.hostname, envelope.queue_id, envelope.arrival)
@@ -460,7 +521,8 @@ class SmtpSession(Protocol):
         return d
 
     def _stored(self, queue_id: str, envelope: Envelope):
-        self.log.info("queued from <{sender}> for {count} recipients, {size} bytes",
+        self.log.info("queued from <{sender}> for {count} recipients, {size} bytes, client {name}[{ip}]",
                       queue_id=queue_id, sender=envelope.sender, count=len(envelope.recipients),
-                      size=envelope.size, trace_id=envelope.trace_id)
+                      size=envelope.size, trace_id=envelope.trace_id, name=self.client_name or "unknown",
+                      ip=self.ip)
         return queue_id

@@ -72,10 +72,13 @@ class Limits:
     max_commands_before_mail: int = doc("HELO/EHLO/NOOP/RSET/VRFY/HELP/STARTTLS/AUTH commands between two MAILs before 421 and disconnect", default=50)
     command_timeout: Duration = doc("waiting for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes)", default=Duration(300))
     data_timeout: Duration = doc("waiting for the next piece of message data after DATA or BDAT", default=Duration(300))
-    max_connections: int = doc("concurrent connections in total (each receiving process gets its share)", default=500)
-    max_connections_per_client: int = doc("concurrent connections from one client address (per receiving process)", default=30)
-    max_messages_per_client_per_minute: int = doc("messages one client address may send per minute, 0 = no limit (per receiving process)", default=0)
+    max_connections: int = doc("concurrent connections in total, all receiving processes together", default=500)
+    max_connections_per_client: int = doc("concurrent connections from one client address, all receiving processes together", default=30)
+    max_messages_per_client_per_minute: int = doc("messages one client address may send per minute (all receiving processes together), 0 = no limit", default=0)
     max_received_headers: int = doc("a message with more Received headers than this is a mail loop: 554 5.4.6", default=50)
+    reverse_dns_timeout: Duration = doc(
+        "how long the greeting may wait for the client's forward-confirmed reverse DNS name "
+        "(for Received, the spool and the log; through dns:); 0 = no lookup", default=Duration(5))
 
 
 @dataclass(frozen=True)

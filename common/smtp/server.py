@@ -239,7 +239,8 @@ class SmtpServerConn:
 
     def accept(self, text: str | None = None, info: Any = None) -> list[Event]:
         """Answer the waiting event positively. For RcptTo, info is kept with the
-        recipient and comes back in Message.recipients."""
+        recipient and comes back in Message.recipients. For Verify, text is the
+        mailbox to name in the 250; without text the reply is 252 (cannot verify)."""
         ev = self._take_waiting()
         if ev is None:
             return []
@@ -255,7 +256,9 @@ class SmtpServerConn:
             self.auth_user = ev.username
             self._send(R.AUTH_OK)
         elif isinstance(ev, Verify):
-            self._send(Reply(250, "2.1.5", text or ev.argument))
+            # The glue names the mailbox it found; without one the answer is 252.
+            # The client's argument is never echoed.
+            self._send(Reply(250, "2.1.5", text) if text else R.VRFY_CANNOT)
         elif isinstance(ev, Message):
             self.messages += 1
             if self.lmtp:

@@ -44,13 +44,18 @@ class MtaInstance:
         self.spool = spoolmod.Spool(tmp / "spool")
 
     def find(self, queue_id: str) -> spoolmod.SpoolFile:
-        """The spool file of queue_id in whichever queue it is now."""
-        for queue in ("incoming", "active", "deferred", "hold"):
-            p = self.spool.path(queue, queue_id)
-            try:
-                return spoolmod.parse(p)
-            except FileNotFoundError:
-                continue
+        """The spool file of queue_id in whichever queue it is now, its message read at
+        once (the queue manager may move the file on right after)."""
+        for _attempt in range(5):
+            for queue in ("incoming", "active", "deferred", "hold"):
+                p = self.spool.path(queue, queue_id)
+                try:
+                    sf = spoolmod.parse(p)
+                    data = sf.read_message()
+                except FileNotFoundError:
+                    continue
+                sf.read_message = lambda data=data: data
+                return sf
         raise AssertionError(f"{queue_id} not in the spool")
 
     def queued_ids(self) -> set[str]:
@@ -108,8 +113,10 @@ def queue_id_of(reply_text: str | bytes) -> str:
 class RawClient:
     """Bytes on a socket, replies read whole (multi-line aware)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, tls: bool = False):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, tls: bool = False,
+                 source: str | None = None):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         if tls:
             self.sock = _client_context().wrap_socket(self.sock, server_hostname="mail.example.test")
         self.buf = b""

@@ -8,7 +8,7 @@ import pytest
 
 from common.smtp import replies as R
 from common.smtp.server import (
-    Authenticate, Close, Hello, MailFrom, Message, RcptTo, ServerSettings, SmtpServerConn, StartTLS,
+    Authenticate, Close, Hello, MailFrom, Message, RcptTo, ServerSettings, SmtpServerConn, StartTLS, Verify,
 )
 
 
@@ -375,3 +375,14 @@ def test_any_input_any_chunking_same_replies(pieces, data):
     assert _run_chunks(chunks) == whole
     for line in whole.split(b"\r\n")[:-1]:
         assert len(line) >= 3 and line[:3].isdigit() and b"\n" not in line and b"\r" not in line
+
+
+def test_vrfy_when_enabled_never_echoes_the_argument():
+    conn = make(vrfy=True)
+    events = conn.receive(b"VRFY <evil\x7fname@example.test>\r\n")
+    assert isinstance(events[0], Verify) and events[0].argument == "<evil\x7fname@example.test>"
+    conn.accept()
+    assert conn.data_to_send() == b"252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n"
+    conn.receive(b"VRFY alice\r\n")
+    conn.accept("<alice@example.test>")
+    assert conn.data_to_send() == b"250 2.1.5 <alice@example.test>\r\n"

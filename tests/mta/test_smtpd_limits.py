@@ -102,3 +102,12 @@ def test_messages_per_client_per_minute(mta):
     # Earlier tests in this module used some of the three MAILs a minute already.
     assert codes[-1] == 450 and 1 <= codes.count(250) <= 3
     assert codes == sorted(codes)  # once refused, refused until the minute is over
+
+
+def test_vrfy_answers_252_by_default(mta):
+    c = RawClient(mta.ports["mx"])
+    assert c.reply()[0] == 220
+    assert c.cmd(b"EHLO c")[0] == 250
+    for who in (b"alice@example.test", b"nobody@example.test", b"x@elsewhere.example"):
+        assert c.cmd(b"VRFY " + who) == (252, "2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
+    c.close()
