@@ -68,6 +68,7 @@ IO_THREADS = 8
 IO_DRAIN = 10.0                  # seconds a stop waits for spool writes in flight
 CACHE_LIMIT = 64 * 1024          # messages up to this size are kept in memory while active
 FLUSH_FLAG = ".flush"           # in maildrop/, so that any local user can ask (sendmail -q)
+BATCH = 32                       # messages per I/O job when loading or finishing many
 LOCK_WAIT = 5.0                  # seconds a start waits for the spool lock (a postroom-queue run)
 
 
@@ -152,6 +153,7 @@ class QueueManager(Service):
         self._io_pending = 0
         self.cache = ConnectionCache(reactor, self.qcfg.max_per_destination)
         self._lock: int | None = None
+        self._finishing: list[ActiveMessage] = []    # finished in this reactor turn
 
     # --- service ----------------------------------------------------------
 
@@ -300,18 +302,21 @@ class QueueManager(Service):
             self._apply_mda_results()
             if self.pickup is not None:
                 self.pickup.run()
+            todo = []
             for qid in self.spool.list("incoming") if not self._full() else ():
-                if self._full():
+                if len(self.active) + len(self.loading) + len(todo) >= self.qcfg.max_active:
                     break
                 if qid not in self.active and qid not in self.loading:
-                    self._load(qid, "incoming")
+                    todo.append(qid)
+            self._load_many(todo, "incoming")
         except Exception as e:
             log.failure("scanning incoming failed: {why}", why=str(e))
 
     def _scan_deferred(self, force: bool):
         now = time.time()
+        todo = []
         for qid in self.spool.list("deferred"):
-            if self._full():
+            if len(self.active) + len(self.loading) + len(todo) >= self.qcfg.max_active:
                 break
             if qid in self.active or qid in self.loading:
                 continue
@@ -320,7 +325,8 @@ class QueueManager(Service):
             except FileNotFoundError:
                 continue
             if due:
-                self._load(qid, "deferred")
+                todo.append(qid)
+        self._load_many(todo, "deferred")
 
     def _full(self) -> bool:
         return len(self.active) + len(self.loading) >= self.qcfg.max_active
@@ -328,12 +334,25 @@ class QueueManager(Service):
     # --- one message -------------------------------------------------------
 
     def _load(self, qid: str, queue: str) -> None:
-        """Take qid from queue into active/ and schedule its recipients. The file work
-        (rename, parse, DKIM signing, reading a small message) runs in the I/O pool."""
-        self.loading.add(qid)
-        d = self._thread(self._read, qid, queue)
-        d.addCallback(self._loaded, qid)
-        d.addErrback(self._load_failed, qid)
+        self._load_many([qid], queue)
+
+    def _load_many(self, qids: list[str], queue: str) -> None:
+        """Take each of qids from queue into active/ and schedule its recipients. The
+        file work (rename, parse, DKIM signing, reading a small message) runs in the
+        I/O pool, BATCH messages per job."""
+        self.loading.update(qids)
+        for o in range(0, len(qids), BATCH):
+            chunk = qids[o:o + BATCH]
+            d = self._thread(self._each, lambda qid: self._read(qid, queue), chunk)
+            d.addCallback(self._loaded_many)
+            d.addErrback(self._load_failed, chunk)
+
+    def _loaded_many(self, outcomes) -> None:
+        for qid, result in outcomes:
+            if isinstance(result, Exception):
+                self._load_failed(result, [qid])
+            else:
+                self._loaded(result, qid)
 
     def _read(self, qid: str, queue: str):
         """In the I/O pool: (SpoolFile, message bytes or None, a note for the log or None),
@@ -360,9 +379,11 @@ class QueueManager(Service):
         data = sf.read_message() if sf.envelope.size <= CACHE_LIMIT else None
         return sf, data, note
 
-    def _load_failed(self, f, qid: str) -> None:
-        self.loading.discard(qid)
-        log.error("cannot load the message: {why}", queue_id=qid, why=f.getErrorMessage())
+    def _load_failed(self, why, qids: list[str]) -> None:
+        for qid in qids:
+            self.loading.discard(qid)
+            log.error("cannot load the message: {why}", queue_id=qid,
+                      why=why.getErrorMessage() if hasattr(why, "getErrorMessage") else str(why))
 
     def _loaded(self, result, qid: str) -> None:
         self.loading.discard(qid)
@@ -516,6 +537,8 @@ class QueueManager(Service):
         there too (removing an MDA answer only once its results are on disk)."""
         if not msg.unsynced and after is None:
             return
+        if after is None and msg.outstanding == 0:
+            return      # nothing else in flight: _finish_io writes them, in the same I/O job
         records, msg.unsynced = msg.unsynced, []
         # When every recipient is done the file is removed next; its last records
         # need no fsync (a machine crash could only repeat a delivery). A file that
@@ -547,24 +570,50 @@ class QueueManager(Service):
 
     def _finish(self, msg: ActiveMessage) -> None:
         """Nothing in flight for msg: send its notices, then remove or defer it (in
-        the I/O pool; log lines are written back in the reactor)."""
+        the I/O pool; log lines are written back in the reactor). The messages that
+        finish in one reactor turn go to the pool together (BATCH at a time)."""
         msg.finishing = True
         self.active.pop(msg.qid, None)
+        self._finishing.append(msg)
+        if len(self._finishing) == 1:
+            self.reactor.callLater(0, self._finish_batch)
 
-        def logged(lines):
+    def _finish_batch(self) -> None:
+        todo, self._finishing = self._finishing, []
+        for o in range(0, len(todo), BATCH):
+            self._thread(self._each, self._finish_io, todo[o:o + BATCH]).addCallback(self._finished)
+
+    def _finished(self, outcomes) -> None:
+        notices = False
+        for msg, lines in outcomes:
+            if isinstance(lines, Exception):
+                # The file stays in active/; the next start picks it up again.
+                log.error("finishing the message failed: {why}", **msg.ids, why=str(lines))
+                continue
             for level, fmt, kw in lines:
                 getattr(log, level)(fmt, **msg.ids, **kw)
-            if any(fmt.endswith("notice {dsn_id} to <{to}>") for _, fmt, kw in lines):
-                self.nudge()
+            notices = notices or any(fmt.endswith("notice {dsn_id} to <{to}>") for _, fmt, kw in lines)
+        if notices:
+            self.nudge()
 
-        def failed(f):
-            # The file stays in active/; the next start picks it up again.
-            log.error("finishing the message failed: {why}", **msg.ids, why=f.getErrorMessage())
-
-        self._thread(self._finish_io, msg).addCallbacks(logged, failed)
+    @staticmethod
+    def _each(f, items) -> list:
+        """In the I/O pool: [(item, f(item) or the exception it raised)]."""
+        out = []
+        for item in items:
+            try:
+                out.append((item, f(item)))
+            except Exception as e:
+                out.append((item, e))
+        return out
 
     def _finish_io(self, msg: ActiveMessage) -> list:
         lines: list = []
+        if msg.unsynced:
+            # The last delivery's records (see _flush): durable unless the file goes now.
+            records, msg.unsynced = msg.unsynced, []
+            self.spool.append_status(msg.sf.path, records, sync=bool(msg.failed_indices) or any(
+                r.state in (PENDING, DEFERRED) for r in msg.env.recipients))
         self._send_notices(msg, lines)
         if msg.failed_indices:
             self.spool.append_status(msg.sf.path, [status_record(i, BOUNCED, **info)
