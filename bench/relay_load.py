@@ -12,8 +12,11 @@ is measured, so the figure is the relay rate, not the program's start-up.
 
 With --sink the destination is instead a minimal asyncio SMTP sink (no disk, one
 process) that only counts: the queue manager's own ceiling, apart from the
-receiving MTA's. Prints each run's messages per second and the median. Everything lives
-in a temporary folder that is removed afterwards; nothing listens beyond loopback.
+receiving MTA's. Prints each run's messages per second and the CPU time per message
+of the queue manager and of the receiving MTA (all its processes), from /proc (on a
+shared machine the rate moves with the neighbours' load, the CPU time much less),
+and the medians. Everything lives in a temporary folder that is removed afterwards;
+nothing listens beyond loopback.
 """
 
 from __future__ import annotations
@@ -114,7 +117,31 @@ asyncio.run(main())
 """
 
 
-def one_run(n: int, size: int, connections: int, tls: bool, sink: bool = False, processes: int = 1) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of pid and of its children that ended, from /proc."""
+    import os
+
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of pid and its live children (the receiving processes)."""
+    total = cpu_seconds(pid)
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        children = []
+    return total + sum(tree_cpu_seconds(int(c)) for c in children)
+
+
+def one_run(n: int, size: int, connections: int, tls: bool, sink: bool = False,
+            processes: int = 1) -> tuple[float, float, float]:
+    """(messages per second, queue manager CPU us per message, receiver CPU us per message)."""
     import subprocess
 
     tmp = Path(tempfile.mkdtemp(prefix="postroom-bench-"))
@@ -139,6 +166,8 @@ def one_run(n: int, size: int, connections: int, tls: bool, sink: bool = False, 
         wait_for(lambda: (spool / "maildrop").stat().st_mode & 0o1000, timeout=30, what="the queue manager")
         time.sleep(0.2)
         held = Spool(spool)
+        q_cpu = cpu_seconds(q.proc.pid)
+        rx_cpu = tree_cpu_seconds(rx.proc.pid) if rx is not None else 0.0
         start = time.monotonic()
         for qid in held.list("hold"):
             held.move(qid, "hold", "incoming", sync=False)
@@ -148,10 +177,12 @@ def one_run(n: int, size: int, connections: int, tls: bool, sink: bool = False, 
 
         wait_for(empty, timeout=max(60.0, n / 20), interval=0.02, what="the queue to drain")
         elapsed = time.monotonic() - start
+        q_cpu = cpu_seconds(q.proc.pid) - q_cpu
+        rx_cpu = tree_cpu_seconds(rx.proc.pid) - rx_cpu if rx is not None else 0.0
         deferred = Spool(spool).list("deferred")
         if deferred:
             print(f"  warning: {len(deferred)} deferred", file=sys.stderr)
-        return n / elapsed
+        return n / elapsed, q_cpu / n * 1e6, rx_cpu / n * 1e6
     finally:
         if q is not None:
             q.stop()
@@ -173,12 +204,17 @@ def main() -> None:
     ap.add_argument("--sink", action="store_true", help="a counting asyncio sink instead of a postroom MTA")
     ap.add_argument("--receive-processes", type=int, default=1, help="the receiving MTA's receive_processes")
     args = ap.parse_args()
-    rates = []
+    rates, q_cpus, rx_cpus = [], [], []
     for i in range(args.runs):
-        rate = one_run(args.messages, args.size, args.connections, args.tls, args.sink, args.receive_processes)
+        rate, q_cpu, rx_cpu = one_run(args.messages, args.size, args.connections, args.tls, args.sink,
+                                      args.receive_processes)
         rates.append(rate)
-        print(f"run {i + 1}: {rate:.0f} messages/s")
-    print(f"median: {statistics.median(rates):.0f} messages/s "
+        q_cpus.append(q_cpu)
+        rx_cpus.append(rx_cpu)
+        print(f"run {i + 1}: {rate:.0f} messages/s; CPU per message: queue manager {q_cpu:.0f} us"
+              + (f", receiver {rx_cpu:.0f} us" if not args.sink else ""))
+    print(f"median: {statistics.median(rates):.0f} messages/s, queue manager {statistics.median(q_cpus):.0f} us"
+          + (f", receiver {statistics.median(rx_cpus):.0f} us" if not args.sink else "") + " CPU per message "
           f"({args.messages} x {args.size} bytes, {args.connections} connections, tls={'may' if args.tls else 'none'}, "
           f"destination: {'asyncio sink' if args.sink else f'postroom-mta, receive_processes={args.receive_processes}'})")
 
