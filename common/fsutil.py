@@ -28,10 +28,13 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_file_synced(path: str | os.PathLike, chunks: Iterable[bytes], mode: int = 0o600) -> int:
+def write_file_synced(path: str | os.PathLike, chunks: Iterable[bytes], mode: int = 0o600,
+                      sync: bool = True) -> int:
     """Create path exclusively, write chunks, fsync, close. Returns the size written.
 
-    On any error the partial file is removed and the error re-raised."""
+    With sync=False there is no fsync: the caller makes the file durable (one
+    syncfs(2) for a batch). On any error the partial file is removed and the error
+    re-raised."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     size = 0
     try:
@@ -41,7 +44,8 @@ def write_file_synced(path: str | os.PathLike, chunks: Iterable[bytes], mode: in
                 n = os.write(fd, view)
                 view = view[n:]
                 size += n
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         try:
@@ -54,14 +58,16 @@ def write_file_synced(path: str | os.PathLike, chunks: Iterable[bytes], mode: in
 
 
 def write_durably(directory: Path, final_name: str, chunks: Iterable[bytes],
-                  tmp_dir: Path | None = None, mode: int = 0o600, sync_dir: bool = True) -> Path:
+                  tmp_dir: Path | None = None, mode: int = 0o600, sync_dir: bool = True,
+                  sync_file: bool = True) -> Path:
     """Write to a temp file, fsync it, rename it into place, fsync the directory.
 
     Only after this returns may anyone be told the data is safe. tmp_dir must be on
-    the same filesystem as directory (default: directory itself, with a dot name)."""
+    the same filesystem as directory (default: directory itself, with a dot name).
+    sync_dir=False and sync_file=False leave those fsyncs to the caller."""
     tmp_dir = tmp_dir or directory
     tmp = tmp_dir / f".tmp.{os.getpid()}.{final_name}"
-    write_file_synced(tmp, chunks, mode)
+    write_file_synced(tmp, chunks, mode, sync=sync_file)
     final = directory / final_name
     try:
         os.rename(tmp, final)

@@ -9,8 +9,11 @@ recipients of which spool file). A worker takes a batch of hand-offs and:
 2. carries the plans out (`Deliverer.commit`) and makes every maildir write of the
    batch durable together;
 3. writes mda-done/<handoff_id> with one `HandoffResult` per recipient, durably;
-4. forgets the plans of recipients answered for good (delivered or bounced), and
-   only then removes mda/<handoff_id>.
+4. only then removes mda/<handoff_id>, and forgets the plans of recipients
+   answered for good (delivered or bounced).
+
+Each step's writes are made durable together (mda.groupsync: one syncfs(2) per
+filesystem on Linux) before the next step starts.
 
 A crash at any point loses nothing: the request stays until its answer is durable.
 No attempt delivers a second copy: the plan is keyed by the spool file's queue ID
@@ -63,10 +66,16 @@ BATCH = 16
 class HandoffProcessor:
     """Delivers batches of hand-offs; safe to call from several threads."""
 
-    def __init__(self, spool: Spool, deliverer: Deliverer, detail_folders: bool):
+    def __init__(self, spool: Spool, deliverer: Deliverer, detail_folders: bool, forget=None):
         self.spool = spool
         self.deliverer = deliverer
         self.detail_folders = detail_folders
+        #: called with the keys whose plans are no longer needed (default: at once)
+        self.forget = forget or self.forget_plans
+
+    def forget_plans(self, keys: list[str]) -> None:
+        for key in keys:
+            self.deliverer.journal.remove(key)
 
     def process(self, handoff_id: str) -> list[HandoffResult] | None:
         """Deliver, answer, remove one hand-off. Returns the results (None if there was
@@ -100,14 +109,10 @@ class HandoffProcessor:
         crash_point("before_results")
         if answers:
             for hid, results in answers.items():
-                write_handoff_results(self.spool, hid, results, sync_dir=False)
-            fsync_dir(self.spool.dir("mda-done"))
-            fsync_dir(self.spool.dir("tmp"))
+                group.add_file(write_handoff_results(self.spool, hid, results, sync_dir=False, sync_file=False))
+            group.add_dir(self.spool.dir("tmp"))
+            group.flush()
         crash_point("after_results")
-        # Answered for good: the plans go first, so that a crash after the removal
-        # below leaves none behind (before it, the answer is found again at restart).
-        for key in final:
-            self.deliverer.journal.remove(key)
         removed = False
         for hid in [*answers, *finished]:
             try:
@@ -118,6 +123,10 @@ class HandoffProcessor:
         if removed:
             fsync_dir(self.spool.dir("mda"))
         crash_point("after_remove")
+        # Answered for good and the request gone for good: the plans are not needed
+        # again (one left by a crash just here is pruned by age).
+        if final:
+            self.forget(final)
         return answers
 
     def _answered_for_good(self, handoff_id: str) -> list[str]:
@@ -210,7 +219,11 @@ class SpoolConsumer(Service):
         self.spool = spool
         self.cfg = cfg
         self.reactor = reactor
-        self.processor = HandoffProcessor(spool, deliverer, cfg.detail_folders)
+        # Plans are removed by the reactor's thread pool, off the deliveries' path
+        # (an unlink waits for the filesystem's journal like an fsync does).
+        self.processor = HandoffProcessor(
+            spool, deliverer, cfg.detail_folders,
+            forget=lambda keys: reactor.callFromThread(reactor.callInThread, self.processor.forget_plans, keys))
         self.workers = cfg.consumer.workers
         self.interval = float(cfg.consumer.scan_interval)
         self.use_inotify = use_inotify
@@ -251,6 +264,8 @@ class SpoolConsumer(Service):
         if not self.running:
             return
         limit = self.workers * BATCH * 2
+        if len(self.in_flight) >= limit:
+            return   # inotify reports our own removals too: no listing while full
         batch: list[str] = []
         now = self.reactor.seconds()
         for hid in self.spool.list("mda"):

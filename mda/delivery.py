@@ -249,7 +249,7 @@ class Deliverer:
         self.sent = state.sent_journal(core.paths.state)
         self.journal = Journal(core.paths.state)
         self.run_as_root = os.geteuid() == 0
-        self._stores: dict[tuple, MailStore] = {}
+        self._stores: dict[tuple, tuple[MailStore, str]] = {}   # user -> store, its cur/
 
     # -- users -------------------------------------------------------------------------
 
@@ -299,15 +299,15 @@ class Deliverer:
         owner = None
         if self.run_as_root and rec.uid is not None:
             owner = (rec.uid, rec.gid if rec.gid is not None else rec.uid)
-        maildir = rec.maildir(self.core)
-        key = (maildir, owner)
-        store = self._stores.get(key)
-        if store is None or not os.path.isdir(maildir / "cur"):
-            store = MailStore(maildir, owner=owner)
+        key = (rec.name, rec.home, owner)
+        cached = self._stores.get(key)
+        if cached is None or not os.path.isdir(cached[1]):
+            maildir = rec.maildir(self.core)
+            cached = (MailStore(maildir, owner=owner), os.path.join(maildir, "cur"))
             if len(self._stores) >= 1000:
                 self._stores.clear()
-            self._stores[key] = store
-        return store, maildir
+            self._stores[key] = cached
+        return cached[0], cached[0].root
 
     # -- the delivery ------------------------------------------------------------------
 
@@ -478,11 +478,11 @@ class Deliverer:
         with req.group, once the caller flushes it."""
         grouped = req.group is not None
         final = store.deliver(data, name, quota_temporary=self.cfg.quota_temporary, unique=unique,
-                              sync_dir=not grouped,
+                              sync_dir=not grouped, sync_file=not grouped,
                               before_rename=(lambda: self._crash_point(req, "inside_write")) if req.key else None,
                               **kw)
         if grouped:
-            req.group.add_dir(store.delivery_dir(name, final))
+            req.group.add_file(os.path.join(store.delivery_dir(name, final), final))
 
     def _usable_folder(self, store: MailStore, folder: str, create: bool, errors: list[str]) -> str:
         """The storage name to deliver into; INBOX when folder cannot be used."""

@@ -2,8 +2,15 @@
 
 The spool consumer writes many small files per batch (plans, maildir files) and may
 tell nobody about any of them until all are on disk. `GroupSync` collects the files
-and folders written without fsync and makes them durable in `flush()`: each file
-and each folder fsync'd once.
+and folders written without fsync and makes them durable in `flush()`:
+
+- on Linux, one syncfs(2) per filesystem they are on: it writes back every dirty
+  page and inode of that filesystem and commits its journal, so a batch of files
+  and their directory entries costs one call (and one journal commit) instead of
+  one fsync per file and folder; since Linux 5.8 it reports writeback errors;
+- elsewhere (no syncfs), each file and folder is fsync'd once.
+
+An error from either fails the flush: nothing of the batch may be acknowledged.
 
 SECURITY: paths come from this daemon's own writes; nothing here is followed
 through a symlink (files are opened with O_NOFOLLOW).
@@ -11,36 +18,82 @@ through a symlink (files are opened with O_NOFOLLOW).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 from pathlib import Path
 
 from common.fsutil import fsync_dir
 
 
+def _load_syncfs():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_syncfs = _load_syncfs()
+
+
+def syncfs(directory: str | Path) -> bool:
+    """syncfs(2) the filesystem holding directory; False where there is none."""
+    if _syncfs is None:
+        return False
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(directory))
+        return True
+    finally:
+        os.close(fd)
+
+
 class GroupSync:
-    def __init__(self) -> None:
-        self.files: list[Path] = []
-        self.dirs: set[Path] = set()
+    def __init__(self, use_syncfs: bool = True) -> None:
+        self.use_syncfs = use_syncfs and _syncfs is not None
+        self.files: list[str] = []
+        self.dirs: set[str] = set()
 
-    def add_file(self, path: Path) -> None:
+    def add_file(self, path: str | Path) -> None:
+        """A file written (and renamed into place) without fsync."""
+        path = os.fspath(path)
         self.files.append(path)
-        self.dirs.add(path.parent)
+        self.dirs.add(os.path.dirname(path))
 
-    def add_dir(self, path: Path) -> None:
-        self.dirs.add(path)
+    def add_dir(self, path: str | Path) -> None:
+        """A folder whose new entries are not yet durable."""
+        self.dirs.add(os.fspath(path))
 
     def __bool__(self) -> bool:
         return bool(self.files or self.dirs)
 
     def flush(self) -> None:
         """Every file and folder collected is durable on return."""
-        for path in self.files:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        for d in self.dirs:
-            fsync_dir(d)
+        if not self.dirs:
+            return
+        if self.use_syncfs:
+            by_device: dict[int, str] = {}
+            for d in self.dirs:
+                by_device.setdefault(os.stat(d).st_dev, d)
+            for d in by_device.values():
+                syncfs(d)
+        else:
+            for path in self.files:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for d in self.dirs:
+                fsync_dir(d)
         self.files.clear()
         self.dirs.clear()

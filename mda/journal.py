@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .state import Records
@@ -63,7 +63,9 @@ class Plan:
     fallback: str | None = None         # the INBOX copy's name if no redirect can be sent
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        # The fields are plain lists and dicts already (dataclasses.asdict's deep copy
+        # cost more than the rest of the plan's write).
+        return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> "Plan":
@@ -85,10 +87,11 @@ class Journal:
 
     def __init__(self, state: Path):
         self.directory = state / "mda" / "journal"
+        self.dir_name = str(self.directory)
         self.records = Records(self.directory)
 
-    def path(self, key: str) -> Path:
-        return self.directory / key
+    def path(self, key: str) -> str:
+        return os.path.join(self.dir_name, key)
 
     def load(self, key: str) -> Plan | None:
         """The plan recorded for key; None when there is none (or it was torn)."""
@@ -103,7 +106,7 @@ class Journal:
         except (ValueError, TypeError, KeyError):
             return None
 
-    def write(self, key: str, plan: Plan) -> Path:
+    def write(self, key: str, plan: Plan) -> str:
         """Write the plan, not yet durable: the caller syncs the returned file and
         the journal folder (or the filesystem) before the first delivery."""
         path = self.path(key)

@@ -492,10 +492,12 @@ class MailStore:
         message is safe (group commit of several deliveries). before_rename, if
         given, is called between the write and the rename (tests kill the process
         there)."""
-        name = self._validate(mailbox)
+        name = INBOX if mailbox == INBOX else self._validate(mailbox)
         if unique is not None and not _UNIQUE_RE.fullmatch(unique):
             raise StorageError(f"bad unique delivery name {unique!r}", temporary=False)
-        if not self.mailbox_exists(name):
+        # INBOX is the maildir itself, made with the store (a missing part of it
+        # fails the write below, temporarily).
+        if name != INBOX and not self.mailbox_exists(name):
             if not create:
                 raise MailboxNotFound(name)
             try:
@@ -513,8 +515,8 @@ class MailStore:
         letters = _flag_letters(flags)
         subdir, final = ("cur", f"{base}:2,{letters}") if letters else ("new", base)
         try:
-            self._write_into(self.mailbox_path(name), _new_base(size, vsize), final, subdir, message,
-                             sync_dir=sync_dir, sync_file=sync_file, before_rename=before_rename)
+            self._write_into(self.root if name == INBOX else self.mailbox_path(name), _new_base(size, vsize), final,
+                             subdir, message, sync_dir=sync_dir, sync_file=sync_file, before_rename=before_rename)
         except OSError as e:
             raise _wrap_os_error(e, f"delivering to {name}") from e
         if quota is not None or self.quota.path.exists():
@@ -523,7 +525,8 @@ class MailStore:
 
     def delivery_dir(self, mailbox: str, name: str) -> Path:
         """The folder (new/ or cur/) that deliver() put the file name into."""
-        return self.mailbox_path(self._validate(mailbox)) / ("cur" if ":2," in name else "new")
+        box = self.root if mailbox == INBOX else self.mailbox_path(mailbox)
+        return box / ("cur" if ":2," in name else "new")
 
     def _open_box(self, mbox_path: Path) -> tuple[int, int]:
         """Descriptors of the root and of the folder mbox_path (the same for INBOX),

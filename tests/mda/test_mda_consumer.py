@@ -122,8 +122,11 @@ def test_sigkill_at_each_step_leaves_exactly_one_copy(tmp_path, daemon_factory, 
     assert len(spool.list("maildrop")) == 1
     for f in all_message_files(tmp_path) + all_message_files(tmp_path, "bob"):
         assert STANDARD_NAME.match(f.name), f.name
-    # Answered for good: the plans are forgotten.
-    wait_for(lambda: not list((tmp_path / "state" / "mda" / "journal").iterdir()), timeout=10, what="plans removed")
+    # Answered for good: the plans are forgotten (but for a crash right after the
+    # removal of the request, which leaves them to the pruning by age).
+    if point != "after_remove":
+        wait_for(lambda: not list((tmp_path / "state" / "mda" / "journal").iterdir()), timeout=10,
+                 what="plans removed")
 
 
 @pytest.mark.parametrize("point", ["between_folders", "after_deliver", "before_results"])
