@@ -19,7 +19,9 @@ def make_queue_service(cfg, reactor, resolver=None) -> IService:
     """The queue manager as a Twisted service. cfg is the loaded Config (.core, .daemon).
 
     The returned service has `nudge()`: the SMTP side calls it after each message it
-    committed to incoming/, so fresh mail is attempted without waiting for a scan.
+    committed to incoming/, so fresh mail is attempted without waiting for a scan
+    (only incoming/ is looked at; `nudge("maildrop")` and `nudge("mda-done")` look at
+    those).
     It also has `reload()` (relay credentials) for SIGHUP."""
     from .manager import QueueManager
 

@@ -25,7 +25,9 @@ as a whole (its other deliveries are deferred without connecting).
 Fresh mail is attempted at once: `nudge()` (called by the SMTP side after it
 committed a message), inotify on incoming/, maildrop/ and mda-done/ where the
 platform has it, and a scan every second in any case (deferred/ every
-`scan_interval`). `postroom-queue flush` (and `postroom-sendmail -q`) create
+`scan_interval`). A scan lists only the folders that changed. Files and jobs go to
+the I/O pool in batches (BATCH messages per job): the messages loaded by one
+scan, the messages finished in one reactor turn. `postroom-queue flush` (and `postroom-sendmail -q`) create
 maildrop/.flush; the manager then retries every deferred message and forgets
 destination back-offs.
 
@@ -68,6 +70,7 @@ IO_THREADS = 8
 IO_DRAIN = 10.0                  # seconds a stop waits for spool writes in flight
 CACHE_LIMIT = 64 * 1024          # messages up to this size are kept in memory while active
 FLUSH_FLAG = ".flush"           # in maildrop/, so that any local user can ask (sendmail -q)
+WATCHED = ("incoming", "maildrop", "mda-done")
 BATCH = 32                       # messages per I/O job when loading or finishing many
 LOCK_WAIT = 5.0                  # seconds a start waits for the spool lock (a postroom-queue run)
 
@@ -154,6 +157,8 @@ class QueueManager(Service):
         self.cache = ConnectionCache(reactor, self.qcfg.max_per_destination)
         self._lock: int | None = None
         self._finishing: list[ActiveMessage] = []    # finished in this reactor turn
+        self._dirty: set[str] = set()               # folders to look at in the next scan
+        self._backlog = False                       # incoming/ holds more than max_active allowed
 
     # --- service ----------------------------------------------------------
 
@@ -188,7 +193,8 @@ class QueueManager(Service):
         self._loop = task.LoopingCall(self._periodic)
         self._loop.clock = self.reactor
         self._loop.start(1.0, now=False)
-        self.nudge()
+        for q in WATCHED:
+            self.nudge(q)
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -238,9 +244,11 @@ class QueueManager(Service):
         if self.pickup is not None:
             self.pickup.reload()
 
-    def nudge(self) -> None:
-        """Look at incoming/ (and maildrop/, mda-done/) now. The receiving side calls
-        this after it committed a message; calls in one reactor turn are merged."""
+    def nudge(self, queue: str = "incoming") -> None:
+        """Look at queue (incoming/, maildrop/ or mda-done/) now. The receiving side
+        calls this after it committed a message to incoming/, inotify for the folder
+        that changed; calls in one reactor turn are merged into one scan."""
+        self._dirty.add(queue)
         if not self._scan_pending and self.running:
             self._scan_pending = True
             self.reactor.callLater(0, self._scan_fresh)
@@ -254,11 +262,11 @@ class QueueManager(Service):
         try:
             n = inotify.INotify(self.reactor)
             n.startReading()
-            for q in ("incoming", "maildrop", "mda-done"):
+            for q in WATCHED:
                 n.watch(filepath.FilePath(str(self.spool.dir(q))),
                         # IN_CREATE: the receiving side links complete files into incoming/.
                         mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE | inotify.IN_CREATE,
-                        callbacks=[lambda *a: self.nudge()])
+                        callbacks=[lambda _watch, _path, _mask, q=q: self.nudge(q)])
             self._notifier = n
         except Exception as e:  # no inotify (FreeBSD, limits): the 1 s scan does it
             log.info("no inotify ({why}); scanning every second", why=str(e))
@@ -269,6 +277,7 @@ class QueueManager(Service):
         if sessions.stopping:
             return
         try:
+            self._dirty.update(WATCHED)
             self._scan_fresh()
             now = time.time()
             if now - self._last_deferred_scan >= self.qcfg.scan_interval:
@@ -297,18 +306,26 @@ class QueueManager(Service):
         self._scan_pending = False
         if not self.running or sessions.stopping:
             return
+        dirty, self._dirty = self._dirty, set()
         try:
-            self._check_flush()
-            self._apply_mda_results()
-            if self.pickup is not None:
-                self.pickup.run()
-            todo = []
-            for qid in self.spool.list("incoming") if not self._full() else ():
-                if len(self.active) + len(self.loading) + len(todo) >= self.qcfg.max_active:
-                    break
-                if qid not in self.active and qid not in self.loading:
-                    todo.append(qid)
-            self._load_many(todo, "incoming")
+            if "maildrop" in dirty:
+                self._check_flush()
+                if self.pickup is not None:
+                    self.pickup.run()
+            if "mda-done" in dirty:
+                self._apply_mda_results()
+            if "incoming" in dirty and not self._full():
+                todo = []
+                self._backlog = False
+                for qid in self.spool.list("incoming"):
+                    if len(self.active) + len(self.loading) + len(todo) >= self.qcfg.max_active:
+                        self._backlog = True
+                        break
+                    if qid not in self.active and qid not in self.loading:
+                        todo.append(qid)
+                self._load_many(todo, "incoming")
+            elif "incoming" in dirty:
+                self._backlog = True
         except Exception as e:
             log.failure("scanning incoming failed: {why}", why=str(e))
 
@@ -353,6 +370,8 @@ class QueueManager(Service):
                 self._load_failed(result, [qid])
             else:
                 self._loaded(result, qid)
+        if any(qid in self.handoffs_of for qid, _ in outcomes):
+            self.nudge("mda-done")      # loaded after a restart: apply the MDA's answers now
 
     def _read(self, qid: str, queue: str):
         """In the I/O pool: (SpoolFile, message bytes or None, a note for the log or None),
@@ -593,8 +612,10 @@ class QueueManager(Service):
             for level, fmt, kw in lines:
                 getattr(log, level)(fmt, **msg.ids, **kw)
             notices = notices or any(fmt.endswith("notice {dsn_id} to <{to}>") for _, fmt, kw in lines)
-        if notices:
-            self.nudge()
+        if notices or (self._backlog and len(self.active) + len(self.loading) <= self.qcfg.max_active // 2):
+            # New notices in incoming/, or room again for the messages left there (taken
+            # below half the limit, so a long backlog is not listed after each message).
+            self.nudge("incoming")
 
     @staticmethod
     def _each(f, items) -> list:

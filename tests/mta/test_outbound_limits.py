@@ -78,3 +78,30 @@ def test_total_connections_are_limited_across_destinations(tmp_path):
             assert one.max_concurrent <= 3 and two.max_concurrent <= 3
         finally:
             q.stop()
+
+
+def test_a_backlog_beyond_max_active_drains_without_waiting_for_scans(tmp_path):
+    """40 messages, at most 5 held by the scheduler: the rest are taken from incoming/
+    as room frees up, not one scan (a second) per 5 messages."""
+    import time
+
+    with Sink("127.0.0.3") as sink:
+        etc = mta_config(tmp_path, f"""
+            transports:
+              "*": "smtp:[127.0.0.3]:{sink.port}"
+            tls: none
+            max_active: 5
+            scan_interval: 1h
+        """)
+        spool = tmp_path / "spool"
+        q = start_queue(etc)
+        try:
+            start = time.monotonic()
+            for i in range(40):
+                spool_message(spool, "alice@example.test", [f"r{i}@remote.test"])
+            sink.wait_for(40, timeout=30)
+            assert time.monotonic() - start < 4.0, time.monotonic() - start
+            wait_for(lambda: not spool_files(spool, "incoming") and not spool_files(spool, "active"), 10,
+                     what="the queue empty")
+        finally:
+            q.stop()
