@@ -51,7 +51,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from . import tls as tlsmod
 from .config import DAEMONS, ConfigError, config_dir, load
-from .config.core import Listener
+from .config.core import Listener, TlsFiles
 from .errors import EX_CONFIG, EX_OSERR, EX_SOFTWARE
 from .log import get_logger, setup_logging
 
@@ -131,9 +131,13 @@ class _TrackingFactory(WrappingFactory):
 class ListenerService(StreamServerEndpointService):
     """A listening endpoint built by `listen()`; a bind error raises at start."""
 
-    def __init__(self, endpoint, factory, listener: Listener, name: str | None = None):
+    def __init__(self, endpoint, factory, listener: Listener, name: str | None = None,
+                 server_tls: "tlsmod.ServerTLS | None" = None):
         super().__init__(endpoint, factory)
         self.listener = listener
+        # Held here: ServerTLS instances are reloaded on SIGHUP while alive, and a
+        # listener's own one has no other owner.
+        self.server_tls = server_tls
         self._raiseSynchronously = True
         if name:
             self.setName(name)
@@ -144,11 +148,18 @@ def listen(parent: MultiService, listener: Listener, factory: Factory,
            endpoint=None) -> IService:
     """Add a service listening on listener.endpoint to parent and return it.
 
-    Layers, outside in: PROXY header (proxy_protocol), TLS (tls: implicit), session
-    tracking, then factory. STARTTLS (tls: starttls) is the protocol's business;
-    it needs server_tls too. Raises ConfigError for a TLS listener without TLS files."""
+    Layers, outside in: PROXY header (proxy_protocol), TLS (tls: implicit, which an
+    ssl: endpoint implies), session tracking, then factory. STARTTLS (tls: starttls)
+    is the protocol's business; it needs server_tls too. An ssl: endpoint that names
+    its own privateKey/certKey gets its own ServerTLS (reloaded on SIGHUP like every
+    ServerTLS). Raises ConfigError for a TLS listener without TLS files, or unusable
+    files of its own."""
+    file, line, key = getattr(listener.endpoint, "origin", (None, None, None))
+    own_files = tlsmod.listener_files(listener, server_tls.files if server_tls is not None else TlsFiles())
+    if own_files is not None:
+        server_tls = tlsmod.ServerTLS(own_files, where=(file, line, key))
     if listener.tls in ("implicit", "starttls") and server_tls is None:
-        raise ConfigError(None, None, "tls", f"listener {listener.endpoint} uses TLS "
+        raise ConfigError(file, line, key or "tls", f"listener {listener.endpoint} uses TLS "
                           f"({listener.tls}) but no certificate is configured; set tls: none "
                           "or tls.certificate and tls.key in postroom.yaml")
     wrapped: Factory = _TrackingFactory(factory)
@@ -165,10 +176,11 @@ def listen(parent: MultiService, listener: Listener, factory: Factory,
     try:
         # endpoint: an already-made one (a listening socket inherited from a parent
         # process) instead of listener.endpoint; the layers above stay the same.
-        endpoint = endpoint or serverFromString(reactor, str(listener.endpoint))
+        endpoint = endpoint or serverFromString(reactor, listener.endpoint.listening_string())
     except Exception as e:
-        raise ConfigError(None, None, "endpoint", f"bad endpoint string {str(listener.endpoint)!r}: {e}") from None
-    service = ListenerService(endpoint, wrapped, listener, name)
+        raise ConfigError(file, line, key or "endpoint",
+                          f"bad endpoint string {str(listener.endpoint)!r}: {e}") from None
+    service = ListenerService(endpoint, wrapped, listener, name, server_tls)
     service.setServiceParent(parent)
     return service
 

@@ -12,6 +12,9 @@ connections already open keep theirs. A reload that fails keeps the old context.
 service-identity when policy asks, or encrypted without verification for
 opportunistic TLS.
 
+An ssl: listener endpoint may name its own certificate and key (`listener_files()`);
+the runner builds a ServerTLS for it, reloaded on SIGHUP like the shared one.
+
 STARTTLS: the sans-IO cores drop whatever they had buffered after the STARTTLS
 command when they emit their start-TLS event; the glue then calls `start_tls()`.
 Anything the client pipelined behind STARTTLS is therefore never executed (the
@@ -23,6 +26,7 @@ read once per (re)load and kept only inside OpenSSL.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import weakref
 from pathlib import Path
@@ -53,14 +57,25 @@ def _ssl_reason(err: Exception) -> str:
     return str(err) or type(err).__name__
 
 
+#: Where a listener's own TLS files are named in its ssl: endpoint string.
+_ENDPOINT_OPTION = {"tls.certificate": "certKey", "tls.key": "privateKey"}
+
+
 class _Problem:
     """Builds the ConfigError for a TLS file: located at the postroom.yaml line that
-    names the file when that file is known, else at the TLS file itself."""
+    names the file when that file is known, at the endpoint string that names it for a
+    listener's own files (`where`: file, line, key), else at the TLS file itself."""
 
-    def __init__(self, config_file: str | None):
+    def __init__(self, config_file: str | None, where: tuple | None = None):
         self.config_file = config_file
+        self.where = where
 
     def __call__(self, key: str, path: Path | None, message: str) -> ConfigError:
+        if self.where is not None:
+            file, line, where_key = self.where
+            option = _ENDPOINT_OPTION.get(key)
+            text = f"{option}={path}: {message}" if option else f"{key} (postroom.yaml): {message}"
+            return ConfigError(file, line, where_key, text)
         if self.config_file is None:
             return ConfigError(path, None, key, message)
         line = find_line(Path(self.config_file), key)
@@ -79,9 +94,11 @@ def _readable(path: Path | None, key: str, problem: _Problem) -> Path:
     return path
 
 
-def build_server_context(tls: TlsFiles, config_file: str | Path | None = None) -> SSL.Context:
-    """A fresh server context from the files in tls. Raises ConfigError."""
-    problem = _Problem(str(config_file) if config_file is not None else None)
+def build_server_context(tls: TlsFiles, config_file: str | Path | None = None,
+                         where: tuple | None = None) -> SSL.Context:
+    """A fresh server context from the files in tls. Raises ConfigError located in
+    config_file (postroom.yaml), or at `where` (file, line, key) for a listener's own files."""
+    problem = _Problem(str(config_file) if config_file is not None else None, where)
     cert = _readable(tls.certificate, "tls.certificate", problem)
     key = _readable(tls.key, "tls.key", problem)
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -127,10 +144,11 @@ class _ServerCreator:
 class ServerTLS:
     """A server TLS context built from certificate and key files, reloadable."""
 
-    def __init__(self, tls: TlsFiles, config_file: str | Path | None = None):
+    def __init__(self, tls: TlsFiles, config_file: str | Path | None = None, where: tuple | None = None):
         self.files = tls
         self.config_file = str(config_file) if config_file is not None else None
-        self.creator = _ServerCreator(build_server_context(tls, self.config_file))
+        self.where = where
+        self.creator = _ServerCreator(build_server_context(tls, self.config_file, where))
         _INSTANCES.add(self)
 
     @property
@@ -141,7 +159,7 @@ class ServerTLS:
         """Re-read the files. New connections get the new certificate; on failure the
         old context stays and the error is logged. Returns whether it changed."""
         try:
-            ctx = build_server_context(self.files, self.config_file)
+            ctx = build_server_context(self.files, self.config_file, self.where)
         except ConfigError as e:
             log.error("TLS reload failed, keeping the old certificate: {error}", error=str(e))
             return False
@@ -153,6 +171,16 @@ class ServerTLS:
 def all_server_tls() -> list[ServerTLS]:
     """Every ServerTLS alive in this process."""
     return list(_INSTANCES)
+
+
+def listener_files(listener, defaults: TlsFiles) -> TlsFiles | None:
+    """The TLS files of a listener whose ssl: endpoint names its own (privateKey=,
+    certKey=), with the other settings (min_version, ciphers) of defaults; None when
+    the listener uses postroom.yaml's certificate."""
+    endpoint = listener.endpoint
+    if getattr(endpoint, "key", None) is None:
+        return None
+    return dataclasses.replace(defaults, certificate=endpoint.certificate, key=endpoint.key)
 
 
 def start_tls(transport, server_tls: ServerTLS) -> None:

@@ -23,10 +23,19 @@ def doc(text: str, **kw):
 class Listener:
     """One listening endpoint and how connections on it are treated."""
 
-    endpoint: Endpoint = doc("Twisted endpoint string: tcp:PORT:interface=ADDR, tcp6:..., unix:PATH:mode=660, systemd:domain=INET:name=NAME")
-    tls: Literal["none", "starttls", "implicit"] = doc("none, starttls (offered after connect) or implicit (TLS from the first byte)", default="starttls")
+    endpoint: Endpoint = doc("Twisted endpoint string: tcp:PORT:interface=ADDR, tcp6:..., ssl:PORT[:privateKey=KEY.pem:certKey=CERT.pem] (implicit TLS), unix:PATH:mode=660, systemd:domain=INET:name=NAME")
+    tls: Literal["none", "starttls", "implicit"] | None = doc(
+        "none, starttls (offered after connect) or implicit (TLS from the first byte); "
+        "default: implicit for an ssl: endpoint, else starttls", default=None)
     proxy_protocol: bool = doc("expect a HAProxy PROXY v1/v2 header before anything else", default=False)
     proxy_from: tuple[str, ...] = doc("addresses or networks allowed to send a PROXY header", default=())
+
+    def __post_init__(self):
+        ssl = isinstance(self.endpoint, Endpoint) and self.endpoint.kind == "ssl"
+        if ssl and self.tls not in (None, "implicit"):
+            raise ValueError(f"tls: an ssl: endpoint is implicit TLS; leave tls out or set it to implicit, not {self.tls}")
+        if self.tls is None:
+            object.__setattr__(self, "tls", "implicit" if ssl else "starttls")
 
 
 @dataclass(frozen=True)

@@ -89,14 +89,27 @@ class Size(int):
 
 class Endpoint(str):
     """A Twisted server endpoint string: tcp:25:interface=0.0.0.0, tcp6:..., unix:PATH,
-    or systemd:domain=INET:name=smtp for socket activation. Implicit TLS is a
-    listener setting (tls: implicit), not an ssl: endpoint, so that certificates
-    can be reloaded on SIGHUP."""
+    systemd:domain=INET:name=smtp for socket activation, or ssl:465 for implicit TLS.
 
-    KINDS = ("tcp", "tcp6", "unix", "systemd")
+    postroom listens on an ssl: endpoint itself (as tcp: plus implicit TLS) instead of
+    letting Twisted build a context, so that its certificate is reloaded on SIGHUP like
+    every other. ssl: takes postroom.yaml's certificate, or its own files with
+    privateKey=PATH (and certKey=PATH when the certificate is in another file);
+    relative paths are taken from the configuration folder.
+
+    The loader records where the string was written (`origin`: file, line, dotted key),
+    so a problem found only when listening still points at the line to fix."""
+
+    KINDS = ("tcp", "tcp6", "ssl", "unix", "systemd")
+
+    #: (file, line, dotted key) of the configuration that gave this endpoint
+    origin: tuple[str | None, int | None, str | None] = (None, None, None)
+    #: an ssl: endpoint's own certificate chain and key (privateKey=, certKey=)
+    certificate: Path | None = None
+    key: Path | None = None
 
     @classmethod
-    def parse(cls, value: Any) -> "Endpoint":
+    def parse(cls, value: Any, base_dir: Path | None = None) -> "Endpoint":
         if not isinstance(value, str) or not value:
             raise ValueError("expected an endpoint string such as tcp:25:interface=0.0.0.0")
         from twisted.internet.endpoints import _parse
@@ -106,22 +119,24 @@ class Endpoint(str):
         except Exception:
             raise ValueError(f"bad endpoint string {value!r}") from None
         kind = args[0].lower() if args else ""
-        if kind == "ssl":
-            raise ValueError(
-                f"bad endpoint string {value!r}: use a tcp: endpoint with 'tls: implicit' "
-                "on the listener instead of ssl:"
-            )
         if kind not in cls.KINDS:
             raise ValueError(
                 f"bad endpoint string {value!r}: the kind must be one of {', '.join(cls.KINDS)}"
             )
-        if kind in ("tcp", "tcp6"):
+        endpoint = cls(value)
+        if kind in ("tcp", "tcp6", "ssl"):
             port = args[1] if len(args) > 1 else kw.get("port")
             if port is None or not str(port).isdigit() or not 0 <= int(port) <= 65535:
                 raise ValueError(f"bad endpoint string {value!r}: needs a port from 0 to 65535")
-            unknown = set(kw) - {"port", "interface", "backlog"}
+            allowed = {"port", "interface", "backlog"} | ({"privateKey", "certKey"} if kind == "ssl" else set())
+            unknown = set(kw) - allowed
             if unknown:
                 raise ValueError(f"bad endpoint string {value!r}: unknown option {sorted(unknown)[0]}")
+            if "certKey" in kw and "privateKey" not in kw:
+                raise ValueError(f"bad endpoint string {value!r}: certKey needs privateKey")
+            if "privateKey" in kw:
+                endpoint.key = _path(kw["privateKey"], base_dir)
+                endpoint.certificate = _path(kw.get("certKey") or kw["privateKey"], base_dir)
         elif kind == "unix":
             if len(args) < 2 and "address" not in kw:
                 raise ValueError(f"bad endpoint string {value!r}: needs a socket path")
@@ -135,17 +150,43 @@ class Endpoint(str):
                 raise ValueError(
                     f"bad endpoint string {value!r}: needs domain= and exactly one of name= or index="
                 )
-        return cls(value)
+        return endpoint
+
+    def _parts(self) -> tuple[list[str], dict[str, str]]:
+        from twisted.internet.endpoints import _parse
+
+        args, kw = _parse(str(self))
+        return [args[0].lower(), *args[1:]], kw
+
+    @property
+    def kind(self) -> str:
+        """tcp, tcp6, ssl, unix or systemd."""
+        return self._parts()[0][0]
 
     @property
     def port(self) -> int | None:
         """The TCP port, or None for unix and systemd endpoints."""
-        from twisted.internet.endpoints import _parse
-
-        args, kw = _parse(str(self))
-        if args[0].lower() in ("tcp", "tcp6"):
+        args, kw = self._parts()
+        if args[0] in ("tcp", "tcp6", "ssl"):
             return int(args[1] if len(args) > 1 else kw["port"])
         return None
+
+    def listening_string(self) -> str:
+        """What to bind: an ssl: endpoint as the tcp: endpoint under its TLS layer
+        (the runner adds the TLS); any other endpoint as written."""
+        args, kw = self._parts()
+        if args[0] != "ssl":
+            return str(self)
+        out = f"tcp:{self.port}"
+        for option in ("interface", "backlog"):
+            if option in kw:
+                out += f":{option}=" + kw[option].replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+        return out
+
+
+def _path(value: str, base_dir: Path | None) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() or base_dir is None else base_dir / p
 
 
 def _type_name(tp: Any) -> str:
@@ -215,9 +256,12 @@ class _Reader:
             raise self.fail(node, key, f"expected {_type_name(tp)}")
         value = yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
         try:
-            return self.convert(tp, value, node)
+            result = self.convert(tp, value, node)
         except ValueError as e:
             raise self.fail(node, key, str(e)) from None
+        if isinstance(result, Endpoint):
+            result.origin = (str(self.file), node.start_mark.line + 1, key)
+        return result
 
     def convert(self, tp: Any, value: Any, node: yaml.ScalarNode) -> Any:
         if typing.get_origin(tp) is Literal:
@@ -245,6 +289,8 @@ class _Reader:
                 raise ValueError("expected a path")
             p = Path(value).expanduser()
             return p if p.is_absolute() else (self.base_dir / p)
+        if tp is Endpoint:
+            return Endpoint.parse(value, self.base_dir)
         if isinstance(tp, type) and hasattr(tp, "parse"):
             return tp.parse(value)
         raise ValueError(f"unsupported type {tp!r}")  # pragma: no cover - schema bug

@@ -2,10 +2,11 @@
 
     postroom-config check [--config DIR]
         Reads postroom.yaml and every daemon file present (mta.yaml, mda.yaml,
-        imapd.yaml, pop3d.yaml), loads the TLS certificate and key, parses the user
-        file, resolves user and group, and looks for two listeners on one port. Prints
-        every problem on one line each (file:line: key: what is wrong) and exits 78,
-        or prints "configuration OK" and exits 0.
+        imapd.yaml, pop3d.yaml), loads the TLS certificate and key (and those an
+        ssl: listener names itself), parses the user file, resolves user and group,
+        and looks for two listeners on one port. Prints every problem on one line
+        each (file:line: key: what is wrong) and exits 78, or prints
+        "configuration OK" and exits 0.
 
     postroom-config show [DAEMON] [--config DIR]
         Prints the effective configuration (postroom.yaml, or DAEMON's file) as YAML,
@@ -74,11 +75,20 @@ def _check_core(core: PostroomConfig, core_file: Path, daemons: dict[str, Any]) 
     except ConfigError as e:
         problems.append(str(e))
 
-    wants_tls = [(name, key, lst) for name, cfg in daemons.items()
-                 for key, lst in _listeners(cfg).items() if lst.tls != "none"]
-    if core.tls.certificate is not None or core.tls.key is not None or wants_tls:
-        from common.tls import build_server_context
+    from common.tls import build_server_context, listener_files
 
+    wants_tls = []  # listeners that use postroom.yaml's certificate
+    for name, cfg in daemons.items():
+        for key, lst in _listeners(cfg).items():
+            own = listener_files(lst, core.tls)
+            if own is not None:
+                try:
+                    build_server_context(own, where=lst.endpoint.origin)
+                except ConfigError as e:
+                    problems.append(str(e))
+            elif lst.tls != "none":
+                wants_tls.append((name, key, lst))
+    if core.tls.certificate is not None or core.tls.key is not None or wants_tls:
         try:
             build_server_context(core.tls, core_file)
         except ConfigError as e:
@@ -127,7 +137,7 @@ def _endpoint_identity(endpoint: str) -> tuple | None:
 
     args, kw = _parse(endpoint)
     kind = args[0].lower()
-    if kind in ("tcp", "tcp6"):
+    if kind in ("tcp", "tcp6", "ssl"):
         port = int(args[1] if len(args) > 1 else kw["port"])
         if port == 0:
             return None

@@ -111,9 +111,9 @@ def test_bad_endpoint_string(tmp_path):
     etc = fixture_config(tmp_path, "listeners:\n  main:\n    endpoint: tcp:smtp:interface=127.0.0.1\n")
     fixture = etc / "fixture.yaml"
     assert_one_line(daemon_start(etc), "postroom-fixture", f"{fixture}:3: listeners.main.endpoint: bad endpoint string")
-    (etc / "mta.yaml").write_text("listeners:\n  smtp:\n    tls: none\n    endpoint: ssl:465\n")
+    (etc / "mta.yaml").write_text("listeners:\n  smtp:\n    tls: none\n    endpoint: ftp:465\n")
     assert_one_line(config_check(etc), "postroom-config", f"{etc / 'mta.yaml'}:4: listeners.smtp.endpoint: ",
-                    "tls: implicit")
+                    "the kind must be one of tcp, tcp6, ssl, unix, systemd")
 
 
 def test_daemon_file_mistakes_are_all_listed(tmp_path):
