@@ -15,10 +15,13 @@ opportunistic TLS.
 An ssl: listener endpoint may name its own certificate and key (`listener_files()`);
 the runner builds a ServerTLS for it, reloaded on SIGHUP like the shared one.
 
-STARTTLS: the sans-IO cores drop whatever they had buffered after the STARTTLS
-command when they emit their start-TLS event; the glue then calls `start_tls()`.
-Anything the client pipelined behind STARTTLS is therefore never executed (the
-plaintext injection of CVE-2011-0411).
+STARTTLS: `start_tls(transport, server_tls, core)` is the one way every daemon starts
+TLS on a connection. A sans-IO core stops reading at STARTTLS and keeps whatever the
+client sent behind it; `start_tls` discards that (`core.discard_input()`), logs how
+many bytes it threw away, and starts the handshake. Anything the client pipelined
+behind STARTTLS is therefore never executed (the plaintext injection of
+CVE-2011-0411). The cores also discard it themselves before reading on, in case a
+glue forgets.
 
 SECURITY: the certificate and key files are trusted (the administrator's); the key is
 read once per (re)load and kept only inside OpenSSL.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 import weakref
 from pathlib import Path
 
@@ -183,14 +187,29 @@ def listener_files(listener, defaults: TlsFiles) -> TlsFiles | None:
     return dataclasses.replace(defaults, certificate=endpoint.certificate, key=endpoint.key)
 
 
-def start_tls(transport, server_tls: ServerTLS) -> None:
-    """Begin the server side of STARTTLS on transport.
+class DiscardsInput(typing.Protocol):
+    """A sans-IO protocol core that can start TLS: at STARTTLS it answers, stops
+    reading, and keeps whatever else the client sent until `discard_input()`."""
 
-    Call it only after the protocol core has discarded its buffered input (the cores
-    do this when they emit their start-TLS event) and after the "ready to start TLS"
-    reply has been written: the transport sends that reply in clear before the
-    handshake starts."""
+    def discard_input(self) -> int:
+        """Drop every byte received and not yet acted on; return how many."""
+
+
+def start_tls(transport, server_tls: ServerTLS, core: DiscardsInput, log=None, **fields) -> int:
+    """Begin the server side of STARTTLS: discard everything the client sent after
+    the STARTTLS command (CVE-2011-0411: it was sent in clear and must never count as
+    a command of the encrypted session), then start the handshake.
+
+    Call it right after the "ready to start TLS" reply was written (the transport
+    sends that in clear before the handshake) and before feeding the core anything
+    more. The discarded byte count is logged (never the bytes) on log with fields,
+    and returned."""
+    dropped = core.discard_input()
+    if dropped and log is not None:
+        log.warn("discarded {n} bytes the client sent after STARTTLS before the TLS handshake",
+                 n=dropped, **fields)
     transport.startTLS(server_tls.creator)
+    return dropped
 
 
 def _connection(transport) -> SSL.Connection | None:

@@ -6,7 +6,8 @@ things only the glue can do (`StartTLS`, `CheckPassword`, `Watch`, `Unwatch`,
 selected, logout. Commands are taken one at a time in the order sent; while one
 waits for something asynchronous (a password check, TLS, IDLE) the following
 input stays buffered, so pipelined commands are answered correctly and in order.
-After STARTTLS's OK everything already buffered is discarded.
+After STARTTLS's OK nothing more is read: what the client pipelined behind it is
+discarded (`discard_input()`, called by common.tls.start_tls, and by `tls_started()`).
 
 Commands live in `imapd.commands` (one module per group), registered with their
 allowed states and their `CommandFlags`; this module dispatches, turns errors
@@ -413,9 +414,20 @@ class ImapConnection:
         self._run()
         return self._take()
 
+    def discard_input(self) -> int:
+        """Drop what was received and not yet acted on (after STARTTLS: what the client
+        sent in clear behind it); return how many bytes."""
+        dropped = self.framer.pending
+        self.framer.discard_input()
+        return dropped
+
     def tls_started(self) -> list:
-        """The TLS handshake began: the connection now counts as secure."""
+        """The TLS handshake began: the connection now counts as secure, and reading
+        goes on with what arrives over TLS."""
         self.secure = True
+        self.discard_input()  # already done by common.tls.start_tls; a glue may forget
+        if self._waiting is not None and self._waiting[0] == "tls":
+            self._waiting = None
         return self._take()
 
     def password_checked(self, user, temporary: bool = False) -> list:

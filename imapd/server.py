@@ -234,7 +234,7 @@ class ImapSession(Protocol):
                 pending.append(item)
             elif isinstance(item, StartTLS):
                 flush()
-                tlsmod.start_tls(self.transport, self.ctx.server_tls)
+                tlsmod.start_tls(self.transport, self.ctx.server_tls, self.conn, log, session=self.session_id)
                 pending.extend(x for x in self.conn.tls_started() if isinstance(x, bytes))
             elif isinstance(item, CheckPassword):
                 flush()

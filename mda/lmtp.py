@@ -143,7 +143,7 @@ class LmtpSession(Protocol):
                 events.extend(c.accept())   # MAIL FROM (and VRFY when enabled)
             elif isinstance(ev, StartTLS):
                 self._flush()
-                tlsmod.start_tls(self.transport, self.f.server_tls)
+                tlsmod.start_tls(self.transport, self.f.server_tls, c, self.log)
                 c.tls_started()
             elif isinstance(ev, Close):
                 self._flush()

@@ -313,7 +313,7 @@ class SmtpSession(Protocol):
                 events.extend(self._apply(ev, result))
             elif isinstance(ev, StartTLS):
                 self._flush()
-                tlsmod.start_tls(self.transport, self.ctx.server_tls)
+                tlsmod.start_tls(self.transport, self.ctx.server_tls, c, self.log)
                 c.tls_started(auth_allowed=self._auth_allowed(True))
             elif isinstance(ev, Close):
                 self._flush()

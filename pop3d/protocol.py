@@ -4,7 +4,8 @@ Bytes in, events out (h11's shape): `Pop3Conn.receive(data)` returns a list of
 events for the glue to act on, in order:
 
     Send(data)                   write these bytes
-    StartTLS()                   start the TLS handshake now (buffered input is gone)
+    StartTLS()                   start the TLS handshake now with common.tls.start_tls,
+                                 which discards the input buffered behind STLS
     Authenticate(user, pw, authzid)  check the password, then call login_succeeded()
                                  or login_failed(); nothing else is read meanwhile
     Fetch(uid, top)              read message uid, then call message() or fetch_failed()
@@ -165,7 +166,7 @@ class Pop3Conn:
         self._pos = 0
         self._discarding = False
         self._out: list[Event] = []
-        self._waiting: str | None = None  # "login", "fetch", "commit"
+        self._waiting: str | None = None  # "login", "fetch", "commit", "tls"
         self._sasl = None
         self._user: str | None = None
         self.commands = 0
@@ -186,6 +187,8 @@ class Pop3Conn:
     def receive(self, data: bytes) -> list[Event]:
         if self.state == CLOSED:
             return []
+        if self._waiting == "tls":  # the glue did not say; what is buffered came before the handshake
+            self.tls_started()
         if self._pos > 65536 or self._pos * 2 > len(self._buf):
             del self._buf[:self._pos]
             self._pos = 0
@@ -247,8 +250,20 @@ class Pop3Conn:
         self._close()
         return self._flush()
 
+    def discard_input(self) -> int:
+        """Drop what was received and not yet acted on (after STLS: what the client sent
+        in clear behind it); return how many bytes."""
+        dropped = len(self._buf) - self._pos
+        self._clear_input()
+        self._discarding = False
+        return dropped
+
     def tls_started(self) -> None:
+        """The handshake began: reading goes on with what arrives over TLS."""
         self.secure = True
+        self.discard_input()  # already done by common.tls.start_tls; a glue may forget
+        if self._waiting == "tls":
+            self._waiting = None
 
     # --- machinery --------------------------------------------------------------------
 
@@ -447,7 +462,8 @@ class Pop3Conn:
             return
         self._ok("Begin TLS negotiation now.")
         # RFC 2595 / RFC 3207's lesson: nothing the client sent before the handshake counts.
-        self._clear_input()
+        # Reading stops here; common.tls.start_tls discards the rest (discard_input).
+        self._waiting = "tls"
         self.stls_available = False
         self.secure = True
         self._user = None

@@ -170,7 +170,7 @@ class Pop3Session(Protocol, TimeoutMixin):
             elif isinstance(event, Commit):
                 self.pending.extend(self.commit(event))
             elif isinstance(event, StartTLS):
-                tlsmod.start_tls(self.transport, self.factory.server_tls)
+                tlsmod.start_tls(self.transport, self.factory.server_tls, self.conn, self.log)
                 self.conn.tls_started()
             elif isinstance(event, Close):
                 self.close()

@@ -13,8 +13,9 @@ keeps buffering what the client pipelines (the glue pauses reading when
 SECURITY: everything fed in comes from the network and is untrusted. Only CRLF ends
 a line: a bare CR or LF in a command is refused, and in message data the session is
 refused and closed (no SMTP smuggling; `\\n.\\r\\n` never ends a message). Every
-length and count is bounded by `ServerSettings`; input buffered before STARTTLS is
-discarded; AUTH is refused unless the glue says it is allowed (TLS, or configured).
+length and count is bounded by `ServerSettings`; input pipelined behind STARTTLS is
+never parsed and is discarded (`discard_input()`, called by common.tls.start_tls);
+AUTH is refused unless the glue says it is allowed (TLS, or configured).
 No reply echoes client input.
 """
 
@@ -100,7 +101,8 @@ class Authenticate(Event):
 
 @dataclass
 class StartTLS(Event):
-    """Write data_to_send() first (the 220), then start TLS, then call tls_started()."""
+    """Write data_to_send() first (the 220), then start TLS with common.tls.start_tls
+    (which discards what the client pipelined), then call tls_started()."""
 
 
 @dataclass
@@ -299,6 +301,13 @@ class SmtpServerConn:
         self._reset_transaction()
         return self._resume()
 
+    def discard_input(self) -> int:
+        """Drop what was received and not parsed (after STARTTLS: what the client sent
+        in clear behind it); return how many bytes."""
+        dropped = len(self._buf)
+        self._buf.clear()
+        return dropped
+
     def tls_started(self, auth_allowed: bool | None = None) -> None:
         """The TLS handshake is under way: the session starts afresh (RFC 3207 4.2)."""
         self.tls_active = True
@@ -308,7 +317,7 @@ class SmtpServerConn:
         self.esmtp = False
         self.auth_user = None  # nothing learnt before TLS counts after it
         self._reset_transaction()
-        self._buf.clear()
+        self.discard_input()  # already done by common.tls.start_tls; a glue may forget
         if self._state == _TLS:
             self._state = _COMMAND
 
@@ -389,8 +398,6 @@ class SmtpServerConn:
                     break
             else:
                 break
-        if self._state == _TLS:
-            self._buf.clear()
 
     def _next_line(self, events: list[Event], limit: int) -> bytes | None:
         """One CRLF-terminated line without its CRLF, or None if none is complete.
@@ -713,7 +720,7 @@ class SmtpServerConn:
             return
         self._send(R.READY_FOR_TLS)
         # RFC 3207 / CVE-2011-0411: nothing sent before the handshake is a command.
-        self._buf.clear()
+        # Reading stops here; common.tls.start_tls discards the rest (discard_input).
         self._state = _TLS
         events.append(StartTLS())
 

@@ -26,11 +26,10 @@ def starttls(conn, tag, r):
     if not conn.settings.tls_available or conn.secure:
         raise Bad("TLS is not available" if not conn.settings.tls_available else "TLS is already active")
     conn.finish(tag, None, Done("Begin TLS negotiation now"))
-    # Anything the client sent after STARTTLS in clear text must not count.
-    conn.framer.discard_input()
+    # Anything the client sent after STARTTLS in clear text must not count: nothing
+    # more is read until tls_started(); common.tls.start_tls discards it.
     conn.emit(StartTLS())
-    from ..protocol import PENDING
-    return PENDING
+    return conn.wait("tls", tag, "STARTTLS")
 
 
 def _refuse_plaintext(conn) -> None:

@@ -7,7 +7,8 @@ protocol whose core is sans-IO like the real ones (bytes in, events out):
 
     NOOP       250 noop            counts the NOOPs run in this session
     NOOPS      250 noops=N
-    STARTTLS   220 go ahead        the core discards anything buffered behind it
+    STARTTLS   220 go ahead        the core stops reading; common.tls.start_tls discards
+                                   whatever was sent behind it
     TLS        250 TLSv1.3 cipher  or 250 none
     SECURE     250 yes|no          runner.secure_transport()
     PEER       250 127.0.0.1       runner.peer_ip()
@@ -50,7 +51,8 @@ class StartTls:
 
 
 class LineCore:
-    """Splits CRLF lines into events. On STARTTLS it drops whatever is buffered."""
+    """Splits CRLF lines into events. At STARTTLS it stops reading and keeps the rest
+    for discard_input(), as the daemons' cores do."""
 
     MAX_LINE = 512
 
@@ -64,7 +66,6 @@ class LineCore:
             line, self.buffer = self.buffer.split(b"\r\n", 1)
             word = line.decode("ascii", "replace").strip().upper()
             if word == "STARTTLS":
-                self.buffer = b""  # the CVE-2011-0411 rule: nothing pipelined survives
                 events.append(StartTls())
                 break
             events.append(Command(word))
@@ -72,6 +73,10 @@ class LineCore:
             self.buffer = b""
             events.append(Command("TOOLONG"))
         return events
+
+    def discard_input(self) -> int:
+        dropped, self.buffer = len(self.buffer), b""
+        return dropped
 
 
 class FixtureProtocol(Protocol):
@@ -95,7 +100,7 @@ class FixtureProtocol(Protocol):
         for event in self.core.receive(data):
             if isinstance(event, StartTls):
                 self.send("220 go ahead")
-                start_tls(self.transport, self.server_tls)
+                start_tls(self.transport, self.server_tls, self.core, self.log)
                 return
             self.handle(event.name)
 
