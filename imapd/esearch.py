@@ -33,8 +33,10 @@ def return_options(r: Reader) -> frozenset[str] | None:
     return frozenset(names) or frozenset({"ALL"})
 
 
-def response(tag: bytes, uid_mode: bool, found: list[int], options: frozenset[str]) -> bytes:
-    """The untagged ESEARCH for these (ascending) numbers."""
+def response(tag: bytes, uid_mode: bool, found: list[int], options: frozenset[str],
+             modseq: int | None = None) -> bytes:
+    """The untagged ESEARCH for these (ascending) numbers; `modseq` is the highest
+    mod-sequence of the matches when the search had a MODSEQ key (RFC 7162 3.1.5)."""
     from .commands import uid_set_text  # imapd.commands imports the protocol, which imports us
     out = [b"* ESEARCH (TAG " + string(tag) + b")"]
     if uid_mode:
@@ -48,4 +50,6 @@ def response(tag: bytes, uid_mode: bool, found: list[int], options: frozenset[st
         out.append(b"COUNT %d" % len(found))
     if found and "ALL" in options:
         out.append(b"ALL " + uid_set_text(found).encode())
+    if modseq is not None:
+        out.append(b"MODSEQ %d" % modseq)
     return b" ".join(out) + b"\r\n"

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 
 MAX_NUMBER = 2**32 - 1
+MAX_MODSEQ = 2**63 - 1
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MONTH_INDEX = {m.lower(): i + 1 for i, m in enumerate(MONTHS)}
 
@@ -290,7 +291,7 @@ class FetchAtt:
 class SearchKey:
     """One search key. `op` names it (ALL, FLAG, NOT, OR, AND, SEQ, UID, HEADER,
     BODY, TEXT, BEFORE/ON/SINCE, SENTBEFORE/SENTON/SENTSINCE, LARGER, SMALLER, NEW,
-    OLD, RECENT); `args` holds its operands."""
+    OLD, RECENT, MODSEQ); `args` holds its operands."""
     op: str
     args: tuple = ()
 
@@ -301,7 +302,7 @@ FETCH_MACROS = {
     "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
 }
 SIMPLE_FETCH = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE",
-                "RFC822.TEXT", "UID", "BODYSTRUCTURE", "BODY"}
+                "RFC822.TEXT", "UID", "BODYSTRUCTURE", "BODY", "MODSEQ"}
 
 SYSTEM_FLAGS = {"\\ANSWERED": "\\Answered", "\\FLAGGED": "\\Flagged", "\\DELETED": "\\Deleted",
                 "\\SEEN": "\\Seen", "\\DRAFT": "\\Draft"}
@@ -384,6 +385,16 @@ class Reader:
         n = int(s)
         if n > MAX_NUMBER or (nonzero and n == 0):
             raise ParseError("Number out of range")
+        return n
+
+    def modseq(self, nonzero: bool = True) -> int:
+        """mod-sequence-value (RFC 7162): 1*DIGIT up to 2^63 - 1."""
+        s = self._take(frozenset(b"0123456789"))
+        if not s or len(s) > 19:
+            raise ParseError("Expected a mod-sequence")
+        n = int(s)
+        if n > MAX_MODSEQ or (nonzero and n == 0):
+            raise ParseError("Mod-sequence out of range")
         return n
 
     def quoted(self) -> bytes:
@@ -647,6 +658,17 @@ class Reader:
         if word == "UID":
             self.sp()
             return SearchKey("UID", (self.sequence_set(),))
+        if word == "MODSEQ":
+            # RFC 7162: MODSEQ [entry-name entry-type] value; the per-flag entry is
+            # accepted and the message's mod-sequence compared (as the RFC allows).
+            self.sp()
+            if self.peek() == 0x22:
+                self.quoted()
+                self.sp()
+                if self.atom().lower() not in ("priv", "shared", "all"):
+                    raise ParseError("Invalid MODSEQ entry type")
+                self.sp()
+            return SearchKey("MODSEQ", (self.modseq(nonzero=False),))
         if word == "NOT":
             self.sp()
             return SearchKey("NOT", (self.search_key(decode, depth + 1),))

@@ -472,7 +472,23 @@ class ImapConnection:
     def select(self, selected: SelectedMailbox | None) -> None:
         self._leave_selected()
         self.selected = selected
+        if selected is not None:
+            selected.condstore = "CONDSTORE" in self.enabled
+            selected.qresync = "QRESYNC" in self.enabled
         self.state = State.SELECTED if selected is not None else State.AUTHENTICATED
+
+    def enable_condstore(self) -> None:
+        """A CONDSTORE enabling command (RFC 7162 3.1): from now on volunteered FETCH
+        responses carry MODSEQ; a selected mailbox's HIGHESTMODSEQ is told at once
+        (the highest this session knows of, so nothing it has not seen is skipped)."""
+        if "CONDSTORE" in self.enabled:
+            return
+        self.enabled.add("CONDSTORE")
+        sel = self.selected
+        if sel is not None:
+            sel.condstore = True
+            highest = max((m.modseq for m in sel.known.values()), default=0)
+            self.send(b"* OK [HIGHESTMODSEQ %d] Highest mailbox mod-sequence\r\n" % highest)
 
     def _leave_selected(self) -> None:
         if self.selected is not None:

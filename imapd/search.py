@@ -39,6 +39,7 @@ class Candidate:
     internaldate: float
     size: Callable[[], int]
     load: Callable[[], LoadedMessage]
+    modseq: int = 0
 
 
 def decode_header_text(value: bytes) -> str:
@@ -128,6 +129,8 @@ class Evaluator:
             return args[0].contains(c.seq, self.largest_seq)
         if op == "UID":
             return args[0].contains(c.uid, self.largest_uid)
+        if op == "MODSEQ":
+            return c.modseq >= args[0]
         if op == "LARGER":
             return c.size() > args[0]
         if op == "SMALLER":

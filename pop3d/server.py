@@ -213,7 +213,7 @@ class Pop3Session(Protocol, TimeoutMixin):
         try:
             self.store = MailStore(record.maildir(cfg.core))
             self.lock = self.store.pop3_lock()
-            self.box = self.store.open_mailbox(INBOX)
+            self.box = self.store.open_mailbox(INBOX, claim_recent=False)  # \\Recent stays for IMAP
             listing = snapshot(self.box, cfg.daemon.uidl_format, cfg.daemon.max_messages)
         except MailboxInUse:
             self.release()

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from .errors import (InvalidMailboxName, LockTimeout, MailboxExists, MailboxInUse, MailboxNotFound, NoSpace,
                      QuotaExceeded, StorageError)
-from .maildir import Changes, Mailbox, MailStore, Message, MessageExpunged
+from .mailbox import Changes, Mailbox, Message, MessageExpunged
+from .maildir import MailStore
 from .names import INBOX, SEPARATOR, decode_mutf7, encode_mutf7
 
 __all__ = [

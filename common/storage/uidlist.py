@@ -43,11 +43,13 @@ class UidList:
     guid: str = field(default_factory=lambda: uuid.uuid4().hex)
     header_extra: list[str] = field(default_factory=list)
     records: dict[str, UidRecord] = field(default_factory=dict)  # base name -> record
+    last_uid: int = 0  # highest UID of a record read or assigned (records come in UID order)
 
     def assign(self, base: str) -> int:
         uid = self.next_uid
         self.records[base] = UidRecord(uid)
         self.next_uid += 1
+        self.last_uid = uid
         return uid
 
     def by_uid(self) -> dict[int, str]:
@@ -95,8 +97,19 @@ def parse(data: bytes) -> UidList:
                      values.get("G") or uuid.uuid4().hex, extra)
     else:
         raise UidListError(f"unsupported uidlist version {version[:5]!r}")
-    last = 0
-    for line in lines[1:]:
+    _parse_lines(lines[1:], ul, version)
+    return ul
+
+
+def parse_records(data: bytes, ul: UidList) -> None:
+    """Records appended to a version 3 file after it was parsed (as Dovecot appends
+    new UIDs): added to `ul`; UidListError when they do not follow on."""
+    _parse_lines(data.decode("utf-8", "surrogateescape").split("\n"), ul, "3")
+
+
+def _parse_lines(lines: list[str], ul: UidList, version: str) -> None:
+    last = ul.last_uid
+    for line in lines:
         if not line:
             continue
         if version == "1":
@@ -114,6 +127,6 @@ def parse(data: bytes) -> UidList:
             raise UidListError(f"bad uidlist record for uid {uid}")
         last = uid
         ul.records[base] = UidRecord(uid, exts)
+    ul.last_uid = last
     if last >= ul.next_uid:
         ul.next_uid = last + 1
-    return ul

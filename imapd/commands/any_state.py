@@ -1,5 +1,5 @@
 """imapd.commands.any_state -- CAPABILITY, NOOP, LOGOUT, ID, ENABLE (RFC 3501 6.1,
-RFC 2971, RFC 5161).
+RFC 2971, RFC 5161; ENABLE CONDSTORE and QRESYNC, RFC 7162).
 
 SECURITY: ID parameters from the client are parsed with bounds and only logged
 shortened; nothing in our ID answer reveals a version.
@@ -51,9 +51,8 @@ def id_(conn, tag, r):
     return Done("ID completed")
 
 
-#: Extensions ENABLE can turn on; none of ours needs enabling yet (CONDSTORE and
-#: QRESYNC will).
-ENABLEABLE: frozenset[str] = frozenset()
+#: Extensions ENABLE can turn on (RFC 7162: QRESYNC implies CONDSTORE).
+ENABLEABLE: frozenset[str] = frozenset({"CONDSTORE", "QRESYNC"})
 
 
 @command("ENABLE", AUTHENTICATED)
@@ -66,7 +65,9 @@ def enable(conn, tag, r):
             raise ParseError("Too many extensions")
     if not names:
         raise ParseError("Missing argument")
-    newly = [n for n in names if n in ENABLEABLE and n not in conn.enabled]
-    conn.enabled.update(newly)
+    newly = list(dict.fromkeys(n for n in names if n in ENABLEABLE and n not in conn.enabled))
+    if newly:
+        conn.enable_condstore()
+        conn.enabled.update(newly)
     conn.send(("* ENABLED" + "".join(" " + n for n in newly) + "\r\n").encode())
     return Done("Enabled")

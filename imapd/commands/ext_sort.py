@@ -27,7 +27,7 @@ from ..mime import split_header
 from ..parser import ParseError
 from ..protocol import SELECTED, Done, No, advertise, command
 from ..search import CHARSETS, decoder_for
-from .selected import matching
+from .selected import matching, result_modseq
 
 HEADER_LIMIT = 64 * 1024
 HEADER_STEP = 4096
@@ -98,9 +98,12 @@ def _sort(conn, tag, r, uid_mode: bool):
     r.sp()
     criteria = sorting.parse_criteria(r)
     program = _charset_and_program(r)
-    items = sort_fields(conn, matching(conn, program), {key for key, _reverse in criteria})
+    pairs = matching(conn, program)
+    items = sort_fields(conn, pairs, {key for key, _reverse in criteria})
     ordered = sorting.sort_messages(items, criteria)
-    conn.send(b"* SORT" + b"".join(b" %d" % (f.uid if uid_mode else f.seq) for f in ordered) + b"\r\n")
+    modseq = result_modseq(conn, program, pairs)
+    tail = b" (MODSEQ %d)" % modseq if modseq is not None else b""
+    conn.send(b"* SORT" + b"".join(b" %d" % (f.uid if uid_mode else f.seq) for f in ordered) + tail + b"\r\n")
     return Done("Sort completed")
 
 

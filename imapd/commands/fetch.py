@@ -1,9 +1,11 @@
-"""imapd.commands.fetch -- FETCH and UID FETCH (RFC 3501 6.4.5, 7.4.2).
+"""imapd.commands.fetch -- FETCH and UID FETCH (RFC 3501 6.4.5, 7.4.2; RFC 7162).
 
 Every data item: FLAGS, INTERNALDATE, RFC822.SIZE, ENVELOPE, BODY, BODYSTRUCTURE,
-BODY[section]<partial>, BODY.PEEK, RFC822, RFC822.HEADER, RFC822.TEXT, UID, and the
-ALL / FAST / FULL macros. Fetching a body without .PEEK sets \\Seen (not in a
-read-only mailbox) and reports the new FLAGS in the same response.
+BODY[section]<partial>, BODY.PEEK, RFC822, RFC822.HEADER, RFC822.TEXT, UID, MODSEQ,
+and the ALL / FAST / FULL macros; the modifiers CHANGEDSINCE and (UID FETCH with
+QRESYNC) VANISHED. Fetching a body without .PEEK sets \\Seen (not in a read-only
+mailbox) and reports the new FLAGS in the same response. A fetch of only UID,
+FLAGS and MODSEQ is answered from the session's view without touching a file.
 
 A message another session expunged but whose EXPUNGE this client has not been
 sent yet cannot be read any more: it is left out and the reply is
@@ -18,8 +20,8 @@ from __future__ import annotations
 from common.storage import StorageError
 
 from .. import fetch as items
-from ..parser import FetchAtt
-from ..protocol import SELECTED, Done, command
+from ..parser import FetchAtt, ParseError
+from ..protocol import SELECTED, Done, advertise, command
 from ..response import date_time, literal
 from .selected import resolve
 
@@ -33,6 +35,8 @@ def _render(conn, sel, uid: int, att: FetchAtt) -> bytes:
         return b"UID %d" % uid
     if name == "FLAGS":
         return b"FLAGS " + sel.flags_response(uid)
+    if name == "MODSEQ":
+        return b"MODSEQ (%d)" % msg.modseq
     if name == "INTERNALDATE":
         return b"INTERNALDATE " + date_time(msg.internaldate)
     if name == "RFC822.SIZE":
@@ -58,16 +62,59 @@ def _render(conn, sel, uid: int, att: FetchAtt) -> bytes:
     return label + b" " + literal(data)
 
 
+def _modifiers(conn, r, uid_mode: bool) -> tuple[int | None, bool]:
+    """[SP "(" fetch-modifier *(SP fetch-modifier) ")"]: CHANGEDSINCE n and, on UID
+    FETCH with QRESYNC enabled, VANISHED (RFC 7162 3.1.4, 3.2.6)."""
+    changed_since = None
+    vanished = False
+    if r.at_end():
+        return changed_since, vanished
+    r.sp()
+
+    def modifier():
+        nonlocal changed_since, vanished
+        name = r.atom().upper()
+        if name == "CHANGEDSINCE" and changed_since is None:
+            r.sp()
+            changed_since = r.modseq(nonzero=False)
+        elif name == "VANISHED" and not vanished and uid_mode and "QRESYNC" in conn.enabled:
+            vanished = True
+        else:
+            raise ParseError("Invalid fetch modifier")
+        return name
+
+    r.paren_list(modifier, allow_empty=False)
+    if vanished and changed_since is None:
+        raise ParseError("VANISHED needs CHANGEDSINCE")
+    return changed_since, vanished
+
+
+#: Items answered from the session's view alone (no message file is read).
+_VIEW_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})
+
+
 def _fetch(conn, tag, r, uid_mode: bool):
     r.sp()
     seqset = r.sequence_set()
     r.sp()
     atts = r.fetch_atts()
+    changed_since, vanished = _modifiers(conn, r, uid_mode)
     r.end()
     sel = conn.selected
     pairs = resolve(conn, seqset, uid_mode)
     if uid_mode and not any(a.name == "UID" for a in atts):
         atts = [FetchAtt("UID"), *atts]
+    if changed_since is not None or any(a.name == "MODSEQ" for a in atts):
+        conn.enable_condstore()
+    if changed_since is not None:
+        if not any(a.name == "MODSEQ" for a in atts):
+            atts = [*atts, FetchAtt("MODSEQ")]
+        if vanished:
+            conn.send(sel.vanished_response(changed_since, seqset))
+        pairs = [(seq, uid) for seq, uid in pairs if sel.modseq_of(uid) > changed_since]
+    if all(a.name in _VIEW_ITEMS for a in atts):
+        conn.send(b"".join(_view_lines(sel, pairs, atts)))
+        return Done("Fetch completed")
     wants_flags = any(a.name == "FLAGS" for a in atts)
     sets_seen = not sel.readonly and any(a.name in SETS_SEEN and (a.name != "BODY" or a.section is not None)
                                          for a in atts)
@@ -91,12 +138,35 @@ def _fetch(conn, tag, r, uid_mode: bool):
             conn.log.debug("fetch skipped UID {uid}: {error!r}", uid=uid, error=e)
             missing = True
             continue
-        if uid in seen_now and not wants_flags:
-            parts.append(b"FLAGS " + sel.flags_response(uid))
+        if uid in seen_now:
+            if not wants_flags:
+                parts.append(b"FLAGS " + sel.flags_response(uid))
+            if sel.condstore and not any(a.name == "MODSEQ" for a in atts):
+                parts.append(b"MODSEQ (%d)" % sel.modseq_of(uid))
         conn.send(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
     if missing:
         return Done("Some messages were expunged", "EXPUNGEISSUED", status="NO")
     return Done("Fetch completed")
+
+
+def _view_lines(sel, pairs, atts):
+    """FETCH responses of UID / FLAGS / MODSEQ only (a client's flag resync of a
+    whole mailbox): no file is touched, each distinct flag set is rendered once."""
+    names = [a.name for a in atts]
+    known = sel.known
+    flags = sel.flags_response
+    if names == ["UID", "FLAGS"]:
+        for seq, uid in pairs:
+            if uid in known:
+                yield b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, flags(uid))
+        return
+    for seq, uid in pairs:
+        msg = known.get(uid)
+        if msg is None:
+            continue
+        parts = [b"UID %d" % uid if n == "UID" else b"FLAGS " + flags(uid) if n == "FLAGS"
+                 else b"MODSEQ (%d)" % msg.modseq for n in names]
+        yield b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
 
 
 @command("FETCH", SELECTED, uses_seqs=True)
@@ -107,3 +177,6 @@ def fetch(conn, tag, r):
 @command("UID FETCH", SELECTED)
 def uid_fetch(conn, tag, r):
     return _fetch(conn, tag, r, uid_mode=True)
+
+
+advertise("CONDSTORE", "QRESYNC")

@@ -25,11 +25,62 @@ INBOX = "INBOX"
 SEP = "."
 
 
+def _select_params(conn, r) -> tuple[bool, tuple | None]:
+    """[SP "(" select-param *(SP select-param) ")"]: CONDSTORE, and QRESYNC (uidvalidity
+    modseq [known-uids [seq-match-data]]) once QRESYNC is enabled (RFC 7162 3.2.5)."""
+    condstore = False
+    qresync = None
+    if r.at_end():
+        return condstore, qresync
+    r.sp()
+
+    def param():
+        nonlocal condstore, qresync
+        name = r.atom().upper()
+        if name == "CONDSTORE":
+            condstore = True
+        elif name == "QRESYNC":
+            if "QRESYNC" not in conn.enabled:
+                raise ParseError("QRESYNC is not enabled")
+            r.sp()
+            r.expect(b"(")
+            uidvalidity = r.number(nonzero=True)
+            r.sp()
+            modseq = r.modseq()
+            known = None
+            if r.maybe(b" "):
+                if r.peek() != 0x28:
+                    known = r.sequence_set()
+                    if not r.maybe(b" "):
+                        r.expect(b")")
+                        qresync = (uidvalidity, modseq, known)
+                        return name
+                # seq-match-data: a hint that only narrows VANISHED; not needed here
+                r.expect(b"(")
+                r.sequence_set()
+                r.sp()
+                r.sequence_set()
+                r.expect(b")")
+            r.expect(b")")
+            qresync = (uidvalidity, modseq, known)
+        else:
+            raise ParseError("Unknown select parameter")
+        return name
+
+    r.paren_list(param, allow_empty=False)
+    return condstore, qresync
+
+
 def _open_selected(conn, tag, r, readonly: bool):
     r.sp()
     name = mailbox_arg(conn, r)
+    condstore, qresync = _select_params(conn, r)
     r.end()
+    if conn.selected is not None and "QRESYNC" in conn.enabled:
+        conn.send(b"* OK [CLOSED] Previous mailbox closed\r\n")  # RFC 7162 3.2.11
     conn.select(None)  # a failed SELECT leaves no mailbox selected (RFC 3501 6.3.1)
+    if condstore:
+        conn.enable_condstore()
     try:
         box = conn.store.open_mailbox(name, readonly=readonly)
     except MailboxNotFound:
@@ -39,15 +90,27 @@ def _open_selected(conn, tag, r, readonly: bool):
     conn.send(b"* FLAGS " + sel.flag_names() + b"\r\n")
     conn.send(b"* %d EXISTS\r\n" % sel.exists())
     conn.send(b"* %d RECENT\r\n" % len(sel.recent))
-    for seq, uid in enumerate(sel.uids, 1):
-        if "\\Seen" not in sel.known[uid].flags:
+    for seq, m in enumerate(box.messages, 1):
+        if "\\Seen" not in m.flags:
             conn.send(b"* OK [UNSEEN %d] First unseen\r\n" % seq)
             break
     conn.send(b"* OK [PERMANENTFLAGS " + sel.permanent_flags() + b"] Flags permitted\r\n")
     conn.send(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % box.uidvalidity)
     conn.send(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % box.uidnext)
+    conn.send(b"* OK [HIGHESTMODSEQ %d] Highest mailbox mod-sequence\r\n" % box.highest_modseq)
+    if qresync is not None and qresync[0] == box.uidvalidity:
+        _resync(conn, sel, qresync[1], qresync[2])
     return Done("Select completed" if not readonly else "Examine completed",
                 "READ-ONLY" if readonly else "READ-WRITE")
+
+
+def _resync(conn, sel, modseq: int, known) -> None:
+    """QRESYNC (RFC 7162 3.2.5.1): what vanished since `modseq` (of the UIDs the client
+    knows), then the messages changed since."""
+    conn.send(sel.vanished_response(modseq, known))
+    for seq, uid in enumerate(sel.uids, 1):
+        if sel.modseq_of(uid) > modseq:
+            conn.send(sel.fetch_flags_line(seq, uid))
 
 
 @command("SELECT", AUTH)
@@ -241,7 +304,7 @@ def lsub(conn, tag, r):
 
 # ------------------------------------------------------------------ STATUS
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "APPENDLIMIT", "HIGHESTMODSEQ")
 
 
 def status_items(r) -> list[str]:
@@ -265,27 +328,26 @@ def status(conn, tag, r):
 
 
 def status_response(conn, name: str, items: list[str]) -> bytes:
-    """`* STATUS name (...)` for these items (MailboxNotFound answered NONEXISTENT)."""
+    """`* STATUS name (...)` for these items (MailboxNotFound answered NONEXISTENT).
+    Counted from the mailbox's shared state: nothing is moved or taken (\\Recent)."""
+    if "HIGHESTMODSEQ" in items:
+        conn.enable_condstore()  # RFC 7162 3.1: a CONDSTORE enabling command
     try:
-        box = conn.store.open_mailbox(name, readonly=True)
+        state = conn.store.mailbox_state(name)
     except MailboxNotFound:
         raise No("Mailbox does not exist", "NONEXISTENT") from None
-    try:
-        messages = box.messages
-        values = {
-            "MESSAGES": lambda: len(messages),
-            # Not selected anywhere here: what is still in new/ has been seen by no one.
-            "RECENT": lambda: sum(1 for m in messages if m.recent or m.path.parent.name == "new")
-            if conn.selected is None or conn.selected.name != name else len(conn.selected.recent),
-            "UIDNEXT": lambda: box.uidnext,
-            "UIDVALIDITY": lambda: box.uidvalidity,
-            "UNSEEN": lambda: sum(1 for m in messages if "\\Seen" not in m.flags),
-            "SIZE": lambda: sum(m.vsize for m in messages),                 # RFC 8438
-            "APPENDLIMIT": lambda: conn.settings.limits.max_literal,        # RFC 7889
-        }
-        body = " ".join(f"{item} {values[item]()}" for item in items)
-    finally:
-        box.close()
+    selected_here = conn.selected is not None and conn.selected.name == name
+    values = {
+        "MESSAGES": lambda: len(state.by_uid),
+        "RECENT": lambda: len(conn.selected.recent) if selected_here else state.recent_count(),
+        "UIDNEXT": lambda: state.next_uid,
+        "UIDVALIDITY": lambda: state.uidvalidity,
+        "UNSEEN": state.unseen_count,
+        "SIZE": state.total_vsize,                                      # RFC 8438
+        "APPENDLIMIT": lambda: conn.settings.limits.max_literal,        # RFC 7889
+        "HIGHESTMODSEQ": lambda: state.highest_modseq,                  # RFC 7162
+    }
+    body = " ".join(f"{item} {values[item]()}" for item in items)
     return b"* STATUS " + wire_name(name) + b" (" + body.encode() + b")\r\n"
 
 

@@ -3,7 +3,9 @@
 
 APPEND answers OK only after the storage has made the message durable (it
 fsyncs file and directory before returning the UID). COPY and MOVE answer with
-COPYUID; MOVE sends its EXPUNGEs as part of its reply.
+COPYUID; MOVE sends its EXPUNGEs as part of its reply. STORE takes CONDSTORE's
+UNCHANGEDSINCE (RFC 7162 3.1.3): messages changed since are left alone and named
+in MODIFIED; once CONDSTORE is enabled its FETCH answers carry MODSEQ.
 
 SECURITY: flags are atoms checked by the parser; unknown system flags are
 refused; \\Recent cannot be set by a client. Message data is stored as sent,
@@ -78,21 +80,17 @@ def append(conn, tag, r):
         messages.append(_append_message(r))
     check_quota(conn, sum(len(m[0]) for m in messages), len(messages))
     sel = conn.selected
-    own = sel is not None and sel.name == name and not sel.readonly
     try:
-        box = sel.mailbox if own else conn.store.open_mailbox(name)
+        if sel is not None and sel.name == name and not sel.readonly:
+            # The selected mailbox: the next sync shows them here, \Recent (RFC 3501 2.3.2).
+            uids = sel.mailbox.append_many(messages)
+            uidvalidity = sel.mailbox.uidvalidity
+        else:
+            uidvalidity, uids = conn.store.append_messages(name, messages)
     except MailboxNotFound:
         raise No("Mailbox does not exist", "TRYCREATE") from None
-    try:
-        uids = box.append_many(messages)
-        uidvalidity = box.uidvalidity
-        if own:
-            sel.recent.update(uids)  # this session is the first to see them (RFC 3501 2.3.2)
     except QuotaExceeded:
         raise No("Quota exceeded", "OVERQUOTA") from None
-    finally:
-        if not own:
-            box.close()
     return Done("Append completed", f"APPENDUID {uidvalidity} {uid_set_text(uids)}")
 
 
@@ -103,6 +101,15 @@ def _store(conn, tag, r, uid_mode: bool):
     r.sp()
     seqset = r.sequence_set()
     r.sp()
+    unchanged_since = None
+    if r.peek() == 0x28:  # (UNCHANGEDSINCE n), RFC 7162 3.1.3
+        r.expect(b"(")
+        if r.atom().upper() != "UNCHANGEDSINCE":
+            raise ParseError("Invalid store modifier")
+        r.sp()
+        unchanged_since = r.modseq(nonzero=False)
+        r.expect(b")")
+        r.sp()
     item = r.atom().upper()
     silent = item.endswith(".SILENT")
     mode = STORE_MODES.get(item[:-7] if silent else item)
@@ -113,18 +120,32 @@ def _store(conn, tag, r, uid_mode: bool):
     r.end()
     sel = conn.selected
     pairs = resolve(conn, seqset, uid_mode)
+    if unchanged_since is not None:
+        conn.enable_condstore()
     if sel.readonly:
         raise No("Mailbox is read-only", "READ-ONLY")
     uids = [uid for _seq, uid in pairs if uid not in sel.pending_expunged]
+    failed: set[int] = set()
+    changed: set[int] = set()
     if uids:
-        updated = sel.mailbox.store(uids, flags, mode)
+        before = {uid: sel.modseq_of(uid) for uid in uids}
+        updated, failed_uids = sel.mailbox.store_if_unchanged(uids, flags, mode, unchanged_since)
+        failed = set(failed_uids)
         sel.note_own_flags(updated)
-    if not silent:
-        for seq, uid in pairs:
-            if sel.message(uid) is None:
-                continue
-            uid_item = b"UID %d " % uid if uid_mode else b""
-            conn.send(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_item, sel.flags_response(uid)))
+        changed = {m.uid for m in updated if m.modseq != before.get(m.uid)}
+    for seq, uid in pairs:
+        if sel.message(uid) is None or uid in failed:
+            continue
+        uid_item = b"UID %d " % uid if uid_mode else b""
+        if not silent:
+            modseq = b" MODSEQ (%d)" % sel.modseq_of(uid) if sel.condstore else b""
+            conn.send(b"* %d FETCH (%sFLAGS %s%s)\r\n" % (seq, uid_item, sel.flags_response(uid), modseq))
+        elif sel.condstore and uid in changed:
+            # .SILENT leaves out FLAGS, not the new mod-sequence (RFC 7162 3.1.3)
+            conn.send(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, uid_item, sel.modseq_of(uid)))
+    if failed:
+        numbers = sorted(failed) if uid_mode else sorted(seq for seq, uid in pairs if uid in failed)
+        return Done("Conditional STORE failed", f"MODIFIED {uid_set_text(numbers)}")
     return Done("Store completed")
 
 
@@ -162,9 +183,7 @@ def _copy_or_move(conn, tag, r, uid_mode: bool, move: bool):
         raise No("Quota exceeded", "OVERQUOTA") from None
     code = None
     if mapping:
-        target = conn.store.open_mailbox(dest, readonly=True)
-        uidvalidity = target.uidvalidity
-        target.close()
+        uidvalidity = conn.store.mailbox_state(dest).uidvalidity
         code = f"COPYUID {uidvalidity} {uid_set_text([s for s, _ in mapping])} {uid_set_text([d for _, d in mapping])}"
     if move:
         if code:

@@ -46,6 +46,10 @@ def _expunge(conn, uids):
         raise No("Mailbox is read-only", "READ-ONLY")
     gone = sel.mailbox.expunge(uids)
     sel.mark_expunged(gone)
+    if sel.qresync:
+        # RFC 7162 3.2.10: the mailbox's mod-sequence after the expunge; every change
+        # up to it is sent before the tagged reply (protocol.finish).
+        return Done("Expunge completed", f"HIGHESTMODSEQ {sel.mailbox.highest_modseq}")
     return Done("Expunge completed")
 
 
@@ -87,25 +91,63 @@ def _search(conn, tag, r, uid_mode: bool):
     if decode is None:
         raise No("Unsupported charset", "BADCHARSET (" + " ".join(CHARSETS) + ")")
     program = r.search_program(decode)
-    found = [uid if uid_mode else seq for seq, uid in matching(conn, program)]
+    pairs = matching(conn, program)
+    found = [uid if uid_mode else seq for seq, uid in pairs]
+    modseq = result_modseq(conn, program, pairs)
     if options is not None:
-        conn.send(esearch.response(tag, uid_mode, found, options))
+        conn.send(esearch.response(tag, uid_mode, found, options, modseq))
         return Done("Search completed")
-    conn.send(b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n")
+    tail = b" (MODSEQ %d)" % modseq if modseq is not None else b""
+    conn.send(b"* SEARCH" + b"".join(b" %d" % n for n in found) + tail + b"\r\n")
     return Done("Search completed")
+
+
+def uses_modseq(key) -> bool:
+    """Whether a search program has a MODSEQ key (RFC 7162 3.1.5)."""
+    if key.op == "MODSEQ":
+        return True
+    return any(uses_modseq(k) for k in key.args if hasattr(k, "op"))
+
+
+def result_modseq(conn, program, pairs) -> int | None:
+    """The highest mod-sequence of the matches when the program has a MODSEQ key (and
+    so enables CONDSTORE); None otherwise or when nothing matched."""
+    if not uses_modseq(program):
+        return None
+    conn.enable_condstore()
+    if not pairs:
+        return None
+    sel = conn.selected
+    return max(sel.modseq_of(uid) for _seq, uid in pairs)
+
+
+# Keys that need no message content: evaluated first inside AND, so content is read
+# only for the messages that pass them.
+_CHEAP = frozenset({"ALL", "FLAG", "SEQ", "UID", "NEW", "OLD", "RECENT", "MODSEQ", "LARGER", "SMALLER",
+                    "BEFORE", "ON", "SINCE"})
+
+
+def _cheap_first(key):
+    if key.op != "AND":
+        return key if key.op not in ("NOT", "OR") else type(key)(key.op, tuple(_cheap_first(k) for k in key.args))
+    args = tuple(_cheap_first(k) for k in key.args)
+    return type(key)("AND", tuple(sorted(args, key=lambda k: k.op not in _CHEAP)))
 
 
 def matching(conn, program) -> list[tuple[int, int]]:
     """(seq, uid) of the selected mailbox's messages the search program matches."""
     sel = conn.selected
     evaluator = Evaluator(sel.exists(), sel.uids[-1] if sel.uids else 0)
+    program = _cheap_first(program)
     found = []
+    recent = sel.recent
     for seq, uid in enumerate(list(sel.uids), 1):
         msg = sel.message(uid)
         if msg is None:
             continue
-        candidate = Candidate(seq, uid, msg.flags, uid in sel.recent, msg.internaldate,
-                              size=lambda msg=msg: msg.vsize, load=lambda uid=uid: sel.load(uid))
+        candidate = Candidate(seq, uid, msg.flags, uid in recent, msg.internaldate,
+                              size=lambda msg=msg: msg.vsize, load=lambda uid=uid: sel.load(uid),
+                              modseq=msg.modseq)
         try:
             if evaluator.matches(program, candidate):
                 found.append((seq, uid))

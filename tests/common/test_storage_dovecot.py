@@ -55,8 +55,8 @@ def test_dovecot_maildir_keeps_uids_and_keywords(tmp_path):
     assert box.by_uid(11).size == len(FILES["cur/1700000300.M7P99.host:2,"])
     assert box.by_uid(11).pop3_uidl == "0000abcd"
     assert box.uidnext == 12
-    # A message Dovecot never saw gets the next UID; the file is rewritten keeping
-    # Dovecot's header GUID and record extensions.
+    # A message Dovecot never saw gets the next UID, appended to the file as Dovecot
+    # appends (Dovecot's header, GUID and record extensions stay as they were).
     store.deliver(b"Subject: new\n\nx\n")
     assert [m.uid for m in box.sync().new] == [12]
     written = uidfile.parse((root / "dovecot-uidlist").read_bytes())
@@ -65,8 +65,8 @@ def test_dovecot_maildir_keeps_uids_and_keywords(tmp_path):
     assert written.records["1700000000.M123P456.host,S=123,W=130"].extensions == ["W130"]
     assert written.records["1700000300.M7P99.host"].ext("P") == "0000abcd"
     text = (root / "dovecot-uidlist").read_text().splitlines()
-    assert text[0] == "3 V1700000000 N13 G3085f01b8ab1e25612000000f2b4dbd1"
-    assert text[3] == "9 G1ab2e3f4a5b6c7d8e9f0a1b2c3d4e5f6 :1700000200.M6P99.host,S=300,W=305"
+    assert text[:5] == UIDLIST.splitlines()
+    assert text[5].startswith("12 :") and len(text) == 6
     # Keyword letters follow dovecot-keywords; a new keyword takes the free slot 2.
     box.store([9], ["$label1", "Project"], "add")
     assert box.by_uid(9).filename.endswith(":2,cd")

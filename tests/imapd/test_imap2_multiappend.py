@@ -27,12 +27,13 @@ def test_multiappend_saves_all_with_their_flags_and_dates(imapd):
         got = c.cmd(b"a APPEND INBOX (\\Seen) " + lit(one) + b' (\\Flagged $Work) "05-Feb-2024 10:00:00 +0000" '
                     + lit(two) + b" " + lit(three))
         assert got[-1].startswith(b"a OK [APPENDUID ") and got[-1].split()[4] == b"1:3]"
-        c.cmd(b"s SELECT INBOX")
+        assert b"* 3 RECENT" in c.cmd(b"s SELECT INBOX")  # appended: \Recent for the first SELECT
         got = c.cmd(b"f FETCH 1:3 (FLAGS INTERNALDATE RFC822.SIZE)")
-        assert got[0].startswith(b"* 1 FETCH (FLAGS (\\Seen) INTERNALDATE ") and got[0].endswith(b" RFC822.SIZE %d)" % len(one))
-        assert got[1].startswith(b"* 2 FETCH (FLAGS (\\Flagged $Work) INTERNALDATE ")
+        assert got[0].startswith(b"* 1 FETCH (FLAGS (\\Seen \\Recent) INTERNALDATE ")
+        assert got[0].endswith(b" RFC822.SIZE %d)" % len(one))
+        assert got[1].startswith(b"* 2 FETCH (FLAGS (\\Flagged $Work \\Recent) INTERNALDATE ")
         assert time.mktime(imaplib.Internaldate2tuple(got[1])) == calendar.timegm((2024, 2, 5, 10, 0, 0))
-        assert got[2].startswith(b"* 3 FETCH (FLAGS () ")
+        assert got[2].startswith(b"* 3 FETCH (FLAGS (\\Recent) ")
     finally:
         c.close()
 

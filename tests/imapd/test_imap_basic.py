@@ -170,11 +170,11 @@ def test_store_variants_and_keywords(imapd):
     assert all(b"\\Answered NewKeyword" in d for d in data)
     assert any(b"NewKeyword" in f for f in c.untagged_responses.get("FLAGS", [])), c.untagged_responses
     typ, data = c.store("1", "-FLAGS", r"(\Answered)")
-    assert data == [b"1 (FLAGS (NewKeyword))"]
+    assert data == [b"1 (FLAGS (NewKeyword \\Recent))"]  # appended, first SELECT: \Recent
     typ, data = c.store("2", "+FLAGS.SILENT", r"(\Flagged)")
     assert typ == "OK" and data == [None]
     typ, data = c.fetch("2", "(FLAGS)")
-    assert data == [b"2 (FLAGS (\\Answered \\Flagged NewKeyword))"]
+    assert data == [b"2 (FLAGS (\\Answered \\Flagged NewKeyword \\Recent))"]
     with pytest.raises(imaplib.IMAP4.error, match="Invalid system flag"):
         c.store("1", "+FLAGS", r"(\Bogus)")
     c.logout()
@@ -280,8 +280,8 @@ def test_uid_expunge_leaves_other_deleted_messages(imapd):
         del view[int(number) - 1]
     assert view == [1, 3, 5]
     typ, data = c.uid("FETCH", "1:*", "(FLAGS)")
-    assert data == [b"1 (UID 1 FLAGS (\\Deleted))", b"2 (UID 3 FLAGS (\\Deleted))",
-                    b"3 (UID 5 FLAGS (\\Deleted))"]
+    assert data == [b"1 (UID 1 FLAGS (\\Deleted \\Recent))", b"2 (UID 3 FLAGS (\\Deleted \\Recent))",
+                    b"3 (UID 5 FLAGS (\\Deleted \\Recent))"]
     assert c.status("INBOX", "(MESSAGES)")[1][0] == b"INBOX (MESSAGES 3)"
     c.logout()
 

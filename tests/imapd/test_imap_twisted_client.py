@@ -20,13 +20,13 @@ def test_twisted_client_session(imapd):
     assert ["\\HasNoChildren", "\\Drafts"] in [row[0] for row in out["list"]]
     assert [["\\HasNoChildren"], ".", "Twisted.Sub"] in out["list"]
     assert out["select"]["EXISTS"] == 1 and out["select"]["READ-WRITE"] is True
-    assert out["flags"] == {"1": {"FLAGS": ["\\Seen"]}}
+    assert out["flags"] == {"1": {"FLAGS": ["\\Seen", "\\Recent"]}}
     assert out["envelope_subject"] == "from twisted"
     bs = out["bodystructure"]
     assert bs[0][:2] == ["text", "plain"] and bs[1][:2] == ["message", "rfc822"] and bs[2] == "mixed"
     assert out["header"].replace("\r\n", "\n").strip() == "Subject: from twisted"
     assert out["search"] == [1]
-    assert sorted(out["store"]["1"]["FLAGS"]) == ["\\Flagged", "\\Seen"]
+    assert sorted(out["store"]["1"]["FLAGS"]) == ["\\Flagged", "\\Recent", "\\Seen"]
     assert out["uid"] == {"1": {"UID": "1"}}
     assert out["status"] == {"MESSAGES": 1, "UIDNEXT": "2"}
     assert out["copied"] == {"MESSAGES": 1}

@@ -56,7 +56,7 @@ def test_expunge_by_another_session_waits_for_noop(imapd):
     out = a.cmd(b"f", b"FETCH 1:5 (UID)")
     assert out == [b"* %d FETCH (UID %d)" % (n, n) for n in range(1, 6)] + [b"f OK Fetch completed"]
     out = a.cmd(b"t", b"STORE 5 +FLAGS (\\Flagged)")
-    assert out == [b"* 5 FETCH (FLAGS (\\Flagged))", b"t OK Store completed"]
+    assert out == [b"* 5 FETCH (FLAGS (\\Flagged \\Recent))", b"t OK Store completed"]
     out = a.cmd(b"r", b"SEARCH FLAGGED")
     assert out == [b"* SEARCH 5", b"r OK Search completed"]
     out = a.cmd(b"q", b"SEARCH UID 3:5")
@@ -70,8 +70,8 @@ def test_expunge_by_another_session_waits_for_noop(imapd):
     assert out[-1] == b"n OK NOOP completed" and len(out) == 3, out
     assert apply_expunges([1, 2, 3, 4, 5], expunges(out)) == [1, 3, 5]
     out = a.cmd(b"g", b"FETCH 1:* (UID FLAGS)")
-    assert out[:-1] == [b"* 1 FETCH (UID 1 FLAGS ())", b"* 2 FETCH (UID 3 FLAGS ())",
-                        b"* 3 FETCH (UID 5 FLAGS (\\Flagged))"], out
+    assert out[:-1] == [b"* 1 FETCH (UID 1 FLAGS (\\Recent))", b"* 2 FETCH (UID 3 FLAGS (\\Recent))",
+                        b"* 3 FETCH (UID 5 FLAGS (\\Flagged \\Recent))"], out
     a.cmd(b"z", b"LOGOUT")
 
 
