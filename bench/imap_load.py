@@ -155,13 +155,17 @@ class ImapError(Exception):
 
 
 class Client:
-    """Just enough IMAP: tagged commands, literals in answers, counting of what came."""
+    """Just enough IMAP: tagged commands, literals in answers, counting of what came.
+    Reads in large chunks and splits lines itself: with asyncio's readline per line
+    the client, not the server, is what a 100,000-line answer measures."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader, self.writer = reader, writer
         self.n = 0
         self.commands = 0
         self.capabilities: set[str] = set()
+        self._buf = b""
+        self._lines: list[bytes] = []
 
     @classmethod
     async def connect(cls, host: str, port: int) -> "Client":
@@ -176,21 +180,46 @@ class Client:
         if m:
             self.capabilities = set(m.group(1).decode().upper().split())
 
-    async def line(self) -> bytes:
-        line = await asyncio.wait_for(self.reader.readline(), TIMEOUT)
-        if not line:
+    async def _fill(self) -> None:
+        data = await asyncio.wait_for(self.reader.read(1 << 20), TIMEOUT)
+        if not data:
             raise ImapError("connection closed")
-        return line
+        self._buf += data
+        parts = self._buf.split(b"\r\n")
+        self._buf = parts.pop()
+        self._lines.extend(p + b"\r\n" for p in parts)
+        self._lines.reverse()  # consumed from the end
+
+    async def line(self) -> bytes:
+        while not self._lines:
+            await self._fill()
+        return self._lines.pop()
+
+    async def _skip(self, n: int) -> None:
+        """Drop n literal octets (which may hold CRLFs) from what was read."""
+        data = b"".join(reversed(self._lines)) + self._buf
+        self._lines = []
+        while len(data) < n:
+            more = await asyncio.wait_for(self.reader.read(1 << 20), TIMEOUT)
+            if not more:
+                raise ImapError("connection closed")
+            data += more
+        rest = data[n:]
+        parts = rest.split(b"\r\n")
+        self._buf = parts.pop()
+        self._lines = [p + b"\r\n" for p in parts]
+        self._lines.reverse()
 
     async def response_line(self) -> bytes:
         """One response with its literals (the literal bytes are skipped)."""
         line = await self.line()
-        while True:
+        while line.endswith(b"}\r\n"):
             m = _LITERAL.search(line)
             if not m:
                 return line
-            await asyncio.wait_for(self.reader.readexactly(int(m.group(1))), TIMEOUT)
+            await self._skip(int(m.group(1)))
             line = await self.line()
+        return line
 
     async def cmd(self, text: str, literal: bytes | None = None, ok: bool = True) -> list[bytes]:
         """Send a command, return its untagged responses (first line of each)."""
