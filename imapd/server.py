@@ -41,6 +41,39 @@ log = get_logger("postroom.imapd")
 _session_ids = itertools.count(1)
 
 
+class MailboxWatches:
+    """One storage Watcher (inotify plus a periodic check) per mailbox per process,
+    however many sessions idle on it; a change wakes each of them."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.by_key: dict[tuple, tuple[Watcher, set]] = {}
+
+    def add(self, paths, callback) -> tuple:
+        key = tuple(str(p) for p in paths)
+        got = self.by_key.get(key)
+        if got is None:
+            subscribers: set = set()
+
+            def fire():
+                for cb in list(subscribers):
+                    cb()
+            watcher = Watcher(paths, fire, self.reactor, interval=1.0)
+            got = self.by_key[key] = (watcher, subscribers)
+            watcher.start()
+        got[1].add(callback)
+        return key
+
+    def remove(self, key: tuple, callback) -> None:
+        got = self.by_key.get(key)
+        if got is None:
+            return
+        got[1].discard(callback)
+        if not got[1]:
+            got[0].stop()
+            del self.by_key[key]
+
+
 class ImapContext:
     """What every session of this process shares."""
 
@@ -54,6 +87,7 @@ class ImapContext:
         self.authenticator = authenticator
         self.connections = 0
         self.per_client: dict[str, int] = defaultdict(int)
+        self.watches = MailboxWatches(reactor)
         lim = self.limits
         self.frame_limits = Limits(max_line=int(lim.max_line), max_literal=int(lim.max_message_size),
                                    max_command=int(lim.max_message_size) + int(lim.max_line) * 4,
@@ -105,7 +139,7 @@ class ImapSession(Protocol):
         self.session_id = f"{os.getpid():x}.{next(_session_ids):x}"
         self._timer = None
         self._keepalive = None
-        self._watcher: Watcher | None = None
+        self._watch_key: tuple | None = None
         self._counted = False
         self._closing = False
         self._pending_login = None
@@ -290,14 +324,13 @@ class ImapSession(Protocol):
 
     def _start_watch(self, paths) -> None:
         self._stop_watch()
-        self._watcher = Watcher(paths, self._mailbox_changed, self.ctx.reactor, interval=1.0)
-        self._watcher.start()
+        self._watch_key = self.ctx.watches.add(paths, self._mailbox_changed)
         self._keepalive = self.ctx.reactor.callLater(float(self.ctx.limits.idle_keepalive), self._send_keepalive)
 
     def _stop_watch(self) -> None:
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
+        if self._watch_key is not None:
+            self.ctx.watches.remove(self._watch_key, self._mailbox_changed)
+            self._watch_key = None
         if self._keepalive is not None and self._keepalive.active():
             self._keepalive.cancel()
         self._keepalive = None

@@ -33,8 +33,9 @@ class ImapLimits:
     autologout: Duration = doc("inactivity before BYE once logged in, IDLE included (RFC 3501: at least 30 minutes)", default=Duration(1800))
     idle_keepalive: Duration = doc("during IDLE, send '* OK Still here' this often so NAT boxes keep the connection", default=Duration(120))
     auth_failures: int = doc("failed LOGIN/AUTHENTICATE attempts before the connection is closed", default=3)
-    max_connections: int = doc("concurrent connections in total", default=1000)
-    max_connections_per_client: int = doc("concurrent connections from one client address", default=50)
+    max_connections: int = doc("concurrent connections in total (per worker process)", default=1000)
+    max_connections_per_client: int = doc("concurrent connections from one client address (per worker process)",
+                                          default=50)
 
     def __post_init__(self):
         if self.max_line < 1024:
@@ -48,6 +49,8 @@ class ImapLimits:
 @dataclass(frozen=True)
 class ImapdConfig:
     listeners: Mapping[str, Listener] = doc("named listening endpoints", default_factory=dict)
+    workers: int = doc("processes serving IMAP, sharing the listeners (0: one per CPU); with more than one, "
+                       "a first process binds and supervises them", default=1)
     limits: ImapLimits = field(default_factory=ImapLimits)
     special_use: Mapping[str, str] = doc(
         "folders created (and subscribed) at login when missing, with their RFC 6154 special use "
@@ -55,6 +58,8 @@ class ImapdConfig:
         default_factory=_default_special_use)
 
     def __post_init__(self):
+        if self.workers < 0 or self.workers > 64:
+            raise ValueError("workers: from 0 (one per CPU) to 64")
         for name, use in self.special_use.items():
             if use and use not in SPECIAL_USES:
                 raise ValueError(f"special_use: {name}: {use!r} is not one of {', '.join(SPECIAL_USES)}")
