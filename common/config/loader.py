@@ -231,10 +231,11 @@ class _Reader:
                     return None
                 raise self.fail(node, key, "a value is required")
             return self.read(choices[0], node, key)
+        if dataclasses.is_dataclass(tp):
+            # A section with nothing under it (all its settings commented out) is its defaults.
+            return self.read_schema(tp, node, key)
         if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
             raise self.fail(node, key, f"expected {_type_name(tp)}, found nothing")
-        if dataclasses.is_dataclass(tp):
-            return self.read_schema(tp, node, key)
         if origin is tuple:
             if not isinstance(node, yaml.SequenceNode):
                 # A lone scalar where a list is expected is read as a list of one.

@@ -186,28 +186,3 @@ def test_show_reports_a_mistake_as_one_line(tmp_path):
     etc = fixture_config(tmp_path, FIXTURE_TLS, core_extra="nope: 1\n")
     assert_one_line(run("-m", "common.tools.configtool", "show", "--config", str(etc)),
                     "postroom-config", "nope: unknown key")
-
-
-def _keys(schema, prefix=""):
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(schema)
-    for f in dataclasses.fields(schema):
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from _keys(hints[f.name], f"{prefix}{f.name}.")
-        else:
-            yield prefix + f.name
-
-
-def test_sample_postroom_yaml_loads_and_sets_every_key_with_a_comment():
-    from common.config.core import PostroomConfig
-    from common.config.loader import find_line, load_file
-
-    sample = ROOT / "etc" / "postroom" / "postroom.yaml"
-    load_file(sample, PostroomConfig)
-    lines = sample.read_text().splitlines()
-    for key in _keys(PostroomConfig):
-        line = find_line(sample, key)
-        assert line is not None, f"the sample does not show {key}"
-        assert lines[line - 2].strip().startswith("#"), f"{key} has no comment above it"
