@@ -88,7 +88,7 @@ class HandoffProcessor:
         finished: list[str] = []
         final: list[str] = []    # exactly-once keys answered for good: their plans go
         work: list[tuple[str, Handoff, list]] = []   # (hid, hand-off, slots)
-        group = GroupSync()
+        group = GroupSync(shared=self.deliverer.shared_sync)
         crash_point("start")
         for hid in handoff_ids:
             if self.spool.path("mda-done", hid).exists():

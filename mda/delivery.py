@@ -59,7 +59,7 @@ from common.users import UserDB, UserRecord
 
 from . import state, vacation
 from .crashpoints import crash_point
-from .groupsync import GroupSync
+from .groupsync import GroupSync, SharedSyncfs
 from .journal import Journal, Plan
 from .sieve import (EnvelopeInfo, Environment, FileInto, Limits, Message, Result, Script, SieveSyntaxError,
                     Vacation, fallback_result, parse_bytes, run)
@@ -79,8 +79,9 @@ class DeliveryRequest:
     key: str | None = None              # exactly-once key: queue ID.recipient index (spool consumer)
     trace_id: str | None = None
     queue_id: str | None = None
-    #: when given: the plan and the maildir folders written are not fsync'd but added
-    #: here, and the caller flushes it before going on (group commit, spool consumer)
+    #: when given: the plan and the maildir files written are not fsync'd but added
+    #: here; deliver() flushes it after each step, a caller of prepare() and commit()
+    #: flushes it itself before going on (group commit: spool consumer, LMTP)
     group: GroupSync | None = None
 
     def log_context(self) -> dict[str, str]:
@@ -248,6 +249,8 @@ class Deliverer:
                              max_variable_size=int(s.max_variable_size), max_run_time=float(s.max_run_time))
         self.sent = state.sent_journal(core.paths.state)
         self.journal = Journal(core.paths.state)
+        #: one syncfs(2) serves every thread waiting on it (GroupSync)
+        self.shared_sync = SharedSyncfs()
         self.run_as_root = os.geteuid() == 0
         self._stores: dict[tuple, tuple[MailStore, str]] = {}   # user -> store, its cur/
 
@@ -315,9 +318,12 @@ class Deliverer:
         """Deliver to one recipient. Raises MailError; anything else is unexpected
         (callers turn it into a temporary failure)."""
         prepared = self.prepare(req)
-        if req.group is not None:
-            req.group.flush()   # the plan is durable before the first write
-        return self.commit(prepared)
+        if req.group is None:
+            return self.commit(prepared)
+        req.group.flush()       # the plan is durable before the first write
+        report = self.commit(prepared)
+        req.group.flush()       # and the delivery before anyone hears of it
+        return report
 
     @contextlib.contextmanager
     def _storage_errors(self):

@@ -32,6 +32,7 @@ from common.smtp.replies import Reply, from_error
 from common.smtp.server import Close, Message, RcptTo, ServerSettings, SmtpServerConn, StartTLS
 
 from .delivery import Deliverer, DeliveryRequest
+from .groupsync import GroupSync
 
 log = get_logger("mda.lmtp")
 
@@ -169,7 +170,9 @@ class LmtpSession(Protocol):
 
         def deliver_one(rcpt) -> Reply:
             user, detail = rcpt.info
-            req = DeliveryRequest(message=ev.data, sender=ev.sender, recipient=rcpt.address, user=user, detail=detail)
+            # The message is made durable by a syncfs shared with the other sessions.
+            req = DeliveryRequest(message=ev.data, sender=ev.sender, recipient=rcpt.address, user=user, detail=detail,
+                                  group=GroupSync(shared=deliverer.shared_sync))
             try:
                 report = deliverer.deliver(req)
             except MailError as e:
