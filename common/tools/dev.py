@@ -4,9 +4,11 @@
 
 Creates, if missing, a configuration in DIR (default ./postroom-dev): etc/postroom/
 with postroom.yaml, one file per daemon (each daemon schema's `sandbox_yaml()`), a
-self-signed certificate, a user file with demo@, alice@ and bob@example.test
-(password "postroom" unless --password), and with --users N also user1..userN for
-load tests; and the spool, mail, state and run folders. Then it starts every daemon
+self-signed certificate, a user file with demo@, alice@ and bob@example.test, and
+with --users N also user1..userN for load tests; and the spool, mail, state and run
+folders. The sandbox's users have the password "postroom" unless --password says
+otherwise, on every start: users already in DIR with another password get the one
+in effect (and the tool says so), so the password printed is always the right one. Then it starts every daemon
 that exists as its own process, prints how to connect, shows each daemon's log lines
 prefixed with its name, and on Ctrl-C or SIGTERM stops them all and exits. A daemon
 that dies is reported, not restarted. --port-offset N shifts every port so two
@@ -19,10 +21,10 @@ self-signed, and the demo passwords are printed on the terminal.
 from __future__ import annotations
 
 import argparse
-import getpass
 import importlib
 import importlib.util
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -35,6 +37,7 @@ from common.config.core import SandboxContext
 
 DEMO_USERS = ("demo", "alice", "bob")
 DOMAIN = "example.test"
+DEFAULT_PASSWORD = "postroom"
 #: Start order: the delivery agent first, so the MTA finds LMTP ready.
 START_ORDER = ("mda", "mta", "imapd", "pop3d")
 STOP_TIMEOUT = 10.0
@@ -47,7 +50,7 @@ def postroom_yaml(ctx: SandboxContext) -> str:
 hostname: localhost
 local_domains: [{DOMAIN}]
 # the sandbox runs as whoever starts it; the runner refuses root without a user
-user: {getpass.getuser()}
+user: {pwd.getpwuid(os.geteuid()).pw_name}
 paths:
   spool: {d / 'spool'}
   mail: {d / 'mail'}
@@ -75,21 +78,49 @@ def user_line(name: str, password: str, home: Path, scheme: str) -> str:
     return f"{name}:{hash_password(password, scheme)}::::{home}::"
 
 
-def write_users(path: Path, mail_dir: Path, password: str, load_users: int) -> list[str]:
-    """Add the demo users and user1..userN that the file does not have yet."""
-    existing: set[str] = set()
-    if path.exists():
-        existing = {line.split(":", 1)[0] for line in path.read_text().splitlines() if line.strip()}
-    wanted = [(f"{u}@{DOMAIN}", "ARGON2ID") for u in DEMO_USERS]
+def _is_load_user(name: str) -> bool:
+    local, _, domain = name.partition("@")
+    return domain == DOMAIN and local.startswith("user") and local[4:].isdigit()
+
+
+def write_users(path: Path, mail_dir: Path, password: str, load_users: int) -> int:
+    """Give the sandbox's users password: add the demo users and user1..userN that the
+    file does not have yet, and set it for those it has with another one (the demo
+    users one by one; the load-test users, made together, all when user1's differs).
+    Returns how many users the file had with another password."""
+    from common.passwords import hash_password, verify_password
+
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    index = {line.split(":", 1)[0]: i for i, line in enumerate(lines) if ":" in line and not line.startswith("#")}
+
+    def stored(name: str) -> str:
+        return lines[index[name]].split(":")[1]
+
+    stale = [f"{u}@{DOMAIN}" for u in DEMO_USERS
+             if f"{u}@{DOMAIN}" in index and not verify_password(stored(f"{u}@{DOMAIN}"), password)]
+    load_present = sorted((n for n in index if _is_load_user(n)), key=lambda n: int(n.partition("@")[0][4:]))
+    if load_present and not verify_password(stored(load_present[0]), password):
+        stale += load_present
+    for name in stale:
+        fields = lines[index[name]].split(":")
+        fields[1] = hash_password(password, _scheme(name))
+        lines[index[name]] = ":".join(fields)
+
+    wanted = [f"{u}@{DOMAIN}" for u in DEMO_USERS] + [f"user{i}@{DOMAIN}" for i in range(1, load_users + 1)]
+    added = [user_line(name, password, mail_dir / DOMAIN / name.split("@")[0], _scheme(name))
+             for name in wanted if name not in index]
+    if stale or added:
+        lines += added
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    return len(stale)
+
+
+def _scheme(name: str) -> str:
     # The load-test users get a fast scheme so that creating thousands takes seconds.
-    wanted += [(f"user{i}@{DOMAIN}", "SHA512-CRYPT") for i in range(1, load_users + 1)]
-    lines = [user_line(name, password, mail_dir / DOMAIN / name.split("@")[0], scheme)
-             for name, scheme in wanted if name not in existing]
-    if lines:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        os.chmod(path, 0o600)
-    return [name for name, _ in wanted]
+    return "SHA512-CRYPT" if _is_load_user(name) else "ARGON2ID"
 
 
 def _write_if_missing(path: Path, text: str) -> bool:
@@ -127,8 +158,9 @@ def stored_offset(directory: Path) -> int | None:
         return None
 
 
-def create(directory: Path, password: str, load_users: int, port_offset: int) -> tuple[Path, list[str]]:
-    """Write whatever is missing of the sandbox; return (config folder, daemons configured).
+def create(directory: Path, password: str, load_users: int, port_offset: int) -> tuple[Path, list[str], int]:
+    """Write whatever is missing of the sandbox and give its users password; return
+    (config folder, daemons configured, how many existing users got the password).
 
     The daemon files are written again when the port offset changed since they were
     written (they are generated; edit the generator, not the files)."""
@@ -143,7 +175,7 @@ def create(directory: Path, password: str, load_users: int, port_offset: int) ->
     _write_if_missing(etc / "postroom.yaml", postroom_yaml(ctx))
     if not (etc / "cert.pem").exists() or not (etc / "key.pem").exists():
         make_self_signed(etc / "cert.pem", etc / "key.pem", "localhost")
-    write_users(etc / "users", directory / "mail", password, load_users)
+    changed = write_users(etc / "users", directory / "mail", password, load_users)
     rewrite = stored_offset(directory) not in (None, port_offset)
     configured = []
     for name, module in daemon_modules().items():
@@ -155,7 +187,7 @@ def create(directory: Path, password: str, load_users: int, port_offset: int) ->
     (etc / OFFSET_FILE).write_text(f"{port_offset}\n")
     if "mta" in configured:
         _write_if_missing(etc / "aliases", f"postmaster: demo@{DOMAIN}\nabuse: demo@{DOMAIN}\n")
-    return etc, configured
+    return etc, configured, changed
 
 
 def how_to_connect(ctx: SandboxContext, etc: Path, running: list[str], users: list[str], password: str) -> str:
@@ -264,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="postroom-dev", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", default="postroom-dev", type=Path,
                         help="sandbox folder, created if missing (default: ./postroom-dev)")
-    parser.add_argument("--password", default="postroom", help="password of the demo users (default: postroom)")
+    parser.add_argument("--password", default=DEFAULT_PASSWORD,
+                        help="password of the sandbox's users, set on every start, also for users "
+                             "DIR already has (default: postroom)")
     parser.add_argument("--users", type=int, default=0, metavar="N",
                         help="also create user1..userN@example.test for load tests")
     parser.add_argument("--port-offset", type=int, default=None, metavar="N",
@@ -279,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.port_offset <= 60_000:
         parser.error("--port-offset must be between 0 and 60000")
 
-    etc, configured = create(args.dir, args.password, args.users, args.port_offset)
+    etc, configured, changed = create(args.dir, args.password, args.users, args.port_offset)
+    if changed:
+        print(f"postroom-dev: {changed} existing user{'s' if changed > 1 else ''} in {etc / 'users'} "
+              f"had another password; now: {args.password}", flush=True)
     ctx = SandboxContext(args.dir.absolute(), args.port_offset)
     names = [n for n in START_ORDER if n in configured and has_main(n)]
     users = [f"{u}@{DOMAIN}" for u in DEMO_USERS] + [f"user{i}@{DOMAIN}" for i in range(1, args.users + 1)]
