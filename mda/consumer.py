@@ -74,8 +74,7 @@ class HandoffProcessor:
         self.forget = forget or self.forget_plans
 
     def forget_plans(self, keys: list[str]) -> None:
-        for key in keys:
-            self.deliverer.journal.remove(key)
+        self.deliverer.journal.forget(keys)
 
     def process(self, handoff_id: str) -> list[HandoffResult] | None:
         """Deliver, answer, remove one hand-off. Returns the results (None if there was
@@ -98,6 +97,7 @@ class HandoffProcessor:
             handoff = self._read(hid)
             if handoff is not None:
                 work.append((hid, handoff, self.prepare_all(handoff, group)))
+        self.deliverer.record_plans(group)
         group.flush()            # every new plan is durable before the first write
         crash_point("after_plans")
         answers: dict[str, list[HandoffResult]] = {}

@@ -320,6 +320,7 @@ class Deliverer:
         prepared = self.prepare(req)
         if req.group is None:
             return self.commit(prepared)
+        self.record_plans(req.group)
         req.group.flush()       # the plan is durable before the first write
         report = self.commit(prepared)
         req.group.flush()       # and the delivery before anyone hears of it
@@ -360,17 +361,29 @@ class Deliverer:
             delivered_line = f"Delivered-To: {req.recipient}".encode("utf-8") + eol
             data = (f"Return-Path: <{req.sender}>".encode("utf-8") + eol + delivered_line
                     + drop_header(req.message, b"Return-Path"))
-            plan = self.journal.load(req.key) if req.key else None
-            if plan is not None and plan.user == rec.name:
+            found = self.journal.load(req.key) if req.key else None
+            if found is not None and found[0].user == rec.name:
+                plan, path = found
+                group = req.group if req.group is not None else GroupSync()
+                group.add_file(path)    # durable before the replay writes (its batch may have failed)
+                if req.group is None:
+                    group.flush()
                 return Prepared(req, rec, store, data, delivered_line, plan, replay=True)
             plan = self._decide(req, rec, detail or None, delivered_to, store, maildir, data)
             if req.key:
-                path = self.journal.write(req.key, plan)
                 group = req.group if req.group is not None else GroupSync()
-                group.add_file(path)
+                group.plans[req.key] = plan
                 if req.group is None:
+                    self.record_plans(group)
                     group.flush()
             return Prepared(req, rec, store, data, delivered_line, plan, replay=False)
+
+    def record_plans(self, group: GroupSync) -> None:
+        """Write the new plans collected in group into one journal file, to be made
+        durable by the group's next flush."""
+        if group.plans:
+            group.add_file(self.journal.write(group.plans))
+            group.plans = {}
 
     def _decide(self, req: DeliveryRequest, rec: UserRecord, detail: str | None, delivered_to: list[bytes],
                 store: MailStore, maildir: Path, data: bytes) -> Plan:

@@ -114,6 +114,9 @@ class GroupSync:
     def __init__(self, use_syncfs: bool = True, shared: SharedSyncfs | None = None) -> None:
         self.use_syncfs = use_syncfs and _syncfs is not None
         self.shared = shared
+        #: new exactly-once plans by key, for the caller to record (mda.journal) and
+        #: make durable with the rest
+        self.plans: dict = {}
         self.files: list[str] = []
         self.dirs: set[str] = set()
 

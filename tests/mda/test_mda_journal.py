@@ -1,0 +1,44 @@
+"""mda.journal: plans recorded per batch, found again by key (also by a new process),
+forgotten when answered for good, torn files ignored."""
+
+from __future__ import annotations
+
+import os
+
+from mda.journal import Journal, Plan, key_of
+
+
+def plan(user: str = "alice@example.test", folder: str = "INBOX") -> Plan:
+    return Plan(user=user, folders=[{"name": folder, "flags": [], "unique": "1.M1P1Q1.host"}],
+                redirects=[{"to": "x@remote.test", "qid": "0123456789ABCDEF012345"}])
+
+
+def test_plans_are_found_by_key_and_survive_a_restart(tmp_path):
+    journal = Journal(tmp_path)
+    a, b = key_of("0661B5FA9E07CA0152C000", 0), key_of("0661B5FA9E07CA0152C000", 1)
+    path = journal.write({a: plan(), b: plan(folder="Lists")})
+    assert journal.load(a) == (plan(), path)
+    assert journal.load(key_of("0661B5FA9E07CA0152C000", 2)) is None
+    again = Journal(tmp_path)                     # a new process reads the folder
+    assert again.load(b)[0].folders[0]["name"] == "Lists"
+    # A file goes when every plan in it is answered for good.
+    again.forget([a])
+    assert os.path.exists(path) and again.load(a) is None
+    again.forget([b])
+    assert not os.path.exists(path) and again.load(b) is None
+
+
+def test_a_torn_file_counts_as_absent(tmp_path):
+    journal = Journal(tmp_path)
+    key = key_of("0661B5FA9E07CA0152C000", 0)
+    path = journal.write({key: plan()})
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    assert Journal(tmp_path).load(key) is None
+
+
+def test_keys_are_checked():
+    import pytest
+    for bad in ("../x", "a/b", ""):
+        with pytest.raises(ValueError):
+            key_of(bad, 0)
