@@ -70,6 +70,9 @@ class HandoffProcessor:
         self.spool = spool
         self.deliverer = deliverer
         self.detail_folders = detail_folders
+        # per-message paths as strings (pathlib's joins cost more than the calls)
+        self.mda_dir = str(spool.dir("mda"))
+        self.done_dir = str(spool.dir("mda-done"))
         #: called with the keys whose plans are no longer needed (default: at once)
         self.forget = forget or self.forget_plans
 
@@ -90,7 +93,7 @@ class HandoffProcessor:
         group = GroupSync(shared=self.deliverer.shared_sync)
         crash_point("start")
         for hid in handoff_ids:
-            if self.spool.path("mda-done", hid).exists():
+            if os.path.exists(os.path.join(self.done_dir, hid)):
                 finished.append(hid)   # answered before a crash; only the removal was missed
                 final += self._answered_for_good(hid)
                 continue
@@ -116,12 +119,12 @@ class HandoffProcessor:
         removed = False
         for hid in [*answers, *finished]:
             try:
-                os.unlink(self.spool.path("mda", hid))
+                os.unlink(os.path.join(self.mda_dir, hid))
                 removed = True
             except FileNotFoundError:
                 pass
         if removed:
-            fsync_dir(self.spool.dir("mda"))
+            fsync_dir(self.mda_dir)
         crash_point("after_remove")
         # Answered for good and the request gone for good: the plans are not needed
         # again (one left by a crash just here is pruned by age).
@@ -142,7 +145,12 @@ class HandoffProcessor:
 
     def _read(self, handoff_id: str) -> Handoff | None:
         try:
-            handoff = Handoff.from_json(self.spool.path("mda", handoff_id).read_bytes())
+            fd = os.open(os.path.join(self.mda_dir, handoff_id), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, 1 << 20)
+            finally:
+                os.close(fd)
+            handoff = Handoff.from_json(data)
             if handoff.handoff_id != handoff_id or not isinstance(handoff.recipients, list):
                 raise ValueError("hand-off id mismatch")
             key_of(handoff.queue_id, 0)
