@@ -26,12 +26,14 @@ MODULES = {"mta": ("mta.main", "mta.yaml"), "imapd": ("imapd.main", "imapd.yaml"
            "pop3d": ("pop3d.main", "pop3d.yaml")}
 
 
-def config(tmp_path: Path, daemon: str, core_extra: str = "", auth_extra: str = "", mx: bool = False) -> Path:
+def config(tmp_path: Path, daemon: str, core_extra: str = "", auth_extra: str = "", mx: bool = False,
+           users: dict[str, str] | None = None) -> Path:
     """A configuration folder for daemon with a plain (STARTTLS) and an implicit-TLS
     listener on free loopback ports, written in the daemon's file. core_extra is added
     to postroom.yaml at the top level, auth_extra (indented lines) under its auth:,
-    replacing the settings of the same names."""
-    etc = base_config(tmp_path, core_extra=core_extra)
+    replacing the settings of the same names. users: name -> password (default: the
+    demo users with "postroom")."""
+    etc = base_config(tmp_path, users=users, core_extra=core_extra)
     if auth_extra:
         core = etc / "postroom.yaml"
         given = {line.split(":")[0] for line in auth_extra.splitlines()}

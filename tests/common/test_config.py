@@ -186,3 +186,15 @@ def test_show_reports_a_mistake_as_one_line(tmp_path):
     etc = fixture_config(tmp_path, FIXTURE_TLS, core_extra="nope: 1\n")
     assert_one_line(run("-m", "common.tools.configtool", "show", "--config", str(etc)),
                     "postroom-config", "nope: unknown key")
+
+
+@pytest.mark.parametrize("daemon", ["mta", "mda", "imapd", "pop3d"])
+def test_missing_daemon_file_is_one_line_and_exit_78(tmp_path, daemon):
+    """postroom.yaml is there, the daemon's own file is not: the real daemon names it."""
+    from common.config import DAEMONS
+
+    etc = fixture_config(tmp_path, FIXTURE_TLS)
+    filename = DAEMONS[daemon][0]
+    assert not (etc / filename).exists()
+    assert_one_line(run("-m", f"{daemon}.main", "--config", str(etc)), f"postroom-{daemon}",
+                    f"{etc / filename}: file not found")

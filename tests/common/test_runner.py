@@ -339,3 +339,32 @@ def test_daemon_logs_to_syslog_when_configured(tmp_path):
     finally:
         daemon.kill()
         server.close()
+
+
+def test_daemon_uses_postroom_config_without_config_flag(tmp_path):
+    """A real daemon (postroom-imapd) started with only POSTROOM_CONFIG set, no --config,
+    reads that folder: it listens on the port written there and greets with its hostname."""
+    from tests.support.config import base_config
+
+    etc = base_config(tmp_path, core_extra="")
+    core = etc / "postroom.yaml"
+    core.write_text(core.read_text().replace("hostname: mail.example.test", "hostname: from-env.example.test"))
+    port = free_port()
+    (etc / "imapd.yaml").write_text(f"listeners:\n  imap:\n    endpoint: tcp:{port}:interface=127.0.0.1\n"
+                                    "    tls: starttls\n")
+    log = open(tmp_path / "imapd.log", "wb")
+    env = {k: v for k, v in os.environ.items() if k != "POSTROOM_CONFIG"}
+    proc = subprocess.Popen([sys.executable, "-m", "imapd.main"], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=str(ROOT), env={**env, "POSTROOM_CONFIG": str(etc)})
+    try:
+        from tests.support import wait_for_port
+
+        wait_for_port(port, proc=proc)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            greeting = s.makefile("rb").readline()
+        assert greeting.startswith(b"* OK") and b"from-env.example.test" in greeting, greeting
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        log.close()
+    assert "Traceback" not in (tmp_path / "imapd.log").read_text()
