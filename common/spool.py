@@ -26,7 +26,9 @@ reader, never half-trusted.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import itertools
 import json
 import os
@@ -38,6 +40,53 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .fsutil import fsync_dir, write_file_synced
+
+#: Messages up to this size are written with one write(2) (their chunks joined first).
+JOIN_BELOW = 256 * 1024
+
+
+def _libc_renameat2():
+    """renameat2(2) where the C library has it (Linux), else None."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    return function
+
+
+_renameat2 = _libc_renameat2()
+
+
+def _libc_sync_file_range():
+    """sync_file_range(2) where the C library has it (Linux), else None."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return function
+
+
+_sync_file_range = _libc_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_no_replace(src: os.PathLike, dst: os.PathLike) -> None:
+    """Rename src to dst unless dst exists (FileExistsError then; src stays). One
+    renameat2(RENAME_NOREPLACE) on Linux; elsewhere, or where the filesystem lacks it,
+    link(2) then unlink(2), which refuses the same way."""
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))
+    os.link(src, dst)
+    os.unlink(src)
 
 MAGIC = b"POSTROOM-SPOOL 1\n"
 END = b"\nEND\n"
@@ -112,11 +161,11 @@ class Envelope:
     extra: dict[str, Any] = field(default_factory=dict)   # free-form, e.g. spam marks
 
     def to_json(self) -> bytes:
-        d = dataclasses.asdict(self)
-        for r in d["recipients"]:
-            # Delivery state lives in status records, not in the envelope.
-            for k in ("state", "reason", "status", "remote_mta", "attempts", "next_attempt", "last_attempt"):
-                r.pop(k)
+        # Field by field rather than dataclasses.asdict(), whose recursive deep copy
+        # was a tenth of the receiving side's CPU per message. Delivery state lives
+        # in status records, not in the envelope.
+        d = {name: getattr(self, name) for name in _ENVELOPE_FIELDS}
+        d["recipients"] = [{name: getattr(r, name) for name in _RECIPIENT_FIELDS} for r in self.recipients]
         return json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -131,6 +180,11 @@ class Envelope:
             rcpts.append(Recipient(**r))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(recipients=rcpts, **{k: v for k, v in d.items() if k in known})
+
+
+_ENVELOPE_FIELDS = tuple(f.name for f in dataclasses.fields(Envelope))  # "recipients" is replaced
+_RECIPIENT_FIELDS = tuple(f.name for f in dataclasses.fields(Recipient) if f.name not in (
+    "state", "reason", "status", "remote_mta", "attempts", "next_attempt", "last_attempt"))
 
 
 def encode_header(envelope: Envelope) -> bytes:
@@ -231,6 +285,13 @@ def _apply(r: Recipient, rec: dict[str, Any]) -> None:
         r.last_attempt = rec.get("time")
 
 
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class Spool:
     """The queue directories under one root, and the verbs on them."""
 
@@ -251,6 +312,66 @@ class Spool:
     def path(self, queue: str, queue_id: str) -> Path:
         return self.dir(queue) / queue_id
 
+    def write_many(self, items: list[tuple[Envelope, Iterable[bytes]]], queue: str = "incoming") -> list:
+        """write() for several messages (sync_dir=False): one path (a str) or exception
+        per item.
+
+        Each file is still fsync'd before it is renamed into queue, but the writes come
+        first and their writeback is started together (sync_file_range(2) where it
+        exists), so the fsyncs that follow mostly find their data on its way and share
+        journal commits instead of each waiting for its own."""
+        if len(items) == 1 or _sync_file_range is None:
+            out: list = []
+            for envelope, chunks in items:
+                try:
+                    out.append(str(self.write(envelope, chunks, queue, sync_dir=False)))
+                except Exception as e:
+                    out.append(e)
+            return out
+        assert queue in QUEUES, queue
+        root = str(self.root)
+        started: list = []  # (envelope, tmp path, fd) or the exception
+        for envelope, chunks in items:
+            tmp = f"{root}/tmp/{envelope.queue_id}"
+            try:
+                write_file_synced(tmp, self._parts(envelope, chunks), sync=False)
+            except Exception as e:
+                started.append(e)
+                continue
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except Exception as e:
+                _unlink_quietly(tmp)
+                started.append(e)
+                continue
+            _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a start only: fsync below decides
+            started.append((envelope, tmp, fd))
+        out = []
+        for item in started:
+            if isinstance(item, Exception):
+                out.append(item)
+                continue
+            envelope, tmp, fd = item
+            try:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                final = f"{root}/{queue}/{envelope.queue_id}"
+                rename_no_replace(tmp, final)
+                out.append(final)
+            except Exception as e:
+                _unlink_quietly(tmp)
+                out.append(e)
+        return out
+
+    @staticmethod
+    def _parts(envelope: Envelope, chunks: Iterable[bytes]) -> list[bytes]:
+        parts = [encode_header(envelope), *chunks, END]
+        if envelope.size < JOIN_BELOW:
+            parts = [b"".join(parts)]  # one write(2), not one per chunk
+        return parts
+
     def write(self, envelope: Envelope, chunks: Iterable[bytes], queue: str = "incoming",
               sync_dir: bool = True) -> Path:
         """Write a whole spool file durably into queue. chunks are the message bytes;
@@ -259,22 +380,22 @@ class Spool:
 
         With sync_dir=False the caller must call sync(queue) before acknowledging:
         that is how concurrent sessions share one directory fsync (group commit)."""
-        tmp = self.dir("tmp") / envelope.queue_id
-        write_file_synced(tmp, itertools.chain([encode_header(envelope)], chunks, [END]))
-        final = self.path(queue, envelope.queue_id)
+        assert queue in QUEUES, queue
+        root = str(self.root)  # plain strings: pathlib's joins cost more than the syscalls
+        tmp = f"{root}/tmp/{envelope.queue_id}"
+        write_file_synced(tmp, self._parts(envelope, chunks))
+        final = f"{root}/{queue}/{envelope.queue_id}"
         try:
-            # link, not rename: a file already queued under this name (a queue ID
-            # reused by a broken clock or a wrapped counter) raises FileExistsError
-            # instead of being replaced; the client then hears a temporary failure.
-            os.link(tmp, final)
-        finally:
-            try:
-                os.unlink(tmp)  # never leave a synced but unqueued copy behind
-            except OSError:
-                pass
+            # Never replace: a file already queued under this name (a queue ID reused
+            # by a broken clock or a wrapped counter) raises FileExistsError; the
+            # client then hears a temporary failure.
+            rename_no_replace(tmp, final)
+        except BaseException:
+            _unlink_quietly(tmp)  # never leave a synced but unqueued copy behind
+            raise
         if sync_dir:
             self.sync(queue)
-        return final
+        return Path(final)
 
     def sync(self, queue: str) -> None:
         fsync_dir(self.dir(queue))
