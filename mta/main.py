@@ -127,10 +127,12 @@ def build(cfg, parent, reactor) -> None:
         queue_service = make_queue_service(cfg, reactor)
 
     def nudge(_count):
-        if queue_service is not None:
-            queue_service.nudge()
+        queue_service.nudge()
 
-    ctx = build_receiver(cfg, reactor, on_commit=nudge, limits_from=limits_from)
+    # A receiving process has no queue manager to tell: the first process's periodic
+    # scan of incoming/ finds what it spools.
+    ctx = build_receiver(cfg, reactor, on_commit=nudge if queue_service is not None else None,
+                         limits_from=limits_from)
     WriterService(ctx.writer, ctx.policy).setServiceParent(parent)
     if inherited is not None:
         from .workers import adopt_listeners

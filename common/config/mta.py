@@ -115,7 +115,9 @@ class MtaConfig:
         "processes accepting SMTP connections on the shared listening sockets; 0 = one per CPU. "
         "With 1 the one process also runs the queue manager; with more, the first process "
         "runs only the queue manager and starts this many receiving processes", default=0)
-    spool_threads: int = doc("threads writing and fsyncing spool files per process (group commit)", default=32)
+    spool_threads: int = doc(
+        "batches of spool files a receiving process writes and fsyncs at the same time, each in its own "
+        "thread; a second batch starts only while the first has taken over 2 ms (group commit)", default=32)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
