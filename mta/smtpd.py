@@ -23,8 +23,10 @@ traceback. Passwords and message bodies are never logged.
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
 from common import tls as tlsmod
@@ -66,6 +68,36 @@ MAX_BACKLOG = 256 * 1024
 
 def _reply(err: MailError) -> Reply:
     return Reply(err.code, err.enhanced, err.public)
+
+
+def _socket_of(transport) -> tcp.Connection | None:
+    """The plain TCP connection under pass-through wrappers (session tracking), or
+    None when there is none or TLS is in the way."""
+    while isinstance(transport, ProtocolWrapper) and not ISSLTransport.providedBy(transport):
+        transport = transport.transport
+    if isinstance(transport, tcp.Connection) and not transport.TLS:
+        return transport
+    return None
+
+
+def write_now(transport, conn: tcp.Connection | None, data: bytes) -> None:
+    """transport.write(data), but sent at once on conn (the plain TCP connection under
+    transport, from _socket_of) when nothing waits in Twisted's buffer.
+
+    Twisted's write() only buffers and asks the reactor to watch for writability, so
+    each reply cost two epoll_ctl calls and a reactor turn before its send(); replies
+    are small and the socket almost always has room. Anything not sent at once (a
+    full socket buffer, an error for Twisted to find) goes through write() after
+    what was sent, so the order holds; TLS connections always use write()."""
+    sent = 0
+    if (conn is not None and conn.connected and not conn.disconnecting and not conn._writeDisconnected
+            and not conn.dataBuffer and not conn._tempDataBuffer):
+        try:
+            sent = conn.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN, or an error Twisted reports through write()
+    if sent < len(data):
+        transport.write(data[sent:] if sent else data)
 
 
 class ReceiverContext:
@@ -154,6 +186,7 @@ class SmtpSession(Protocol):
         self.conn: SmtpServerConn | None = None
         self.ip = "unknown"
         self.client_name: str | None = None  # forward-confirmed reverse DNS
+        self._direct: tcp.Connection | None = None
         self.admitted = False
         self.paused = False
         self.closing_when_idle = False
@@ -177,6 +210,7 @@ class SmtpSession(Protocol):
             return
         self.admitted = True
         self.trusted = self.ctx.policy.trusted_client(self.ip)
+        self._direct = _socket_of(t)  # replies go straight to this socket (write_now)
         set_nodelay = getattr(t, "setTcpNoDelay", None)
         if set_nodelay is not None:
             try:
@@ -235,11 +269,15 @@ class SmtpSession(Protocol):
     def connectionLost(self, reason=None):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        self._release()
+        if self.conn is not None and not self.conn.closed:
+            self.conn.close()
+
+    def _release(self):
+        """Take this connection off the client limits (once)."""
         if self.admitted:
             self.admitted = False
             self.ctx.release(self.ip)
-        if self.conn is not None and not self.conn.closed:
-            self.conn.close()
 
     def graceful_shutdown(self):
         """SIGTERM: close now if idle, else after the transaction in flight."""
@@ -313,11 +351,13 @@ class SmtpSession(Protocol):
                 events.extend(self._apply(ev, result))
             elif isinstance(ev, StartTLS):
                 self._flush()
+                self._direct = None  # from now on everything goes through TLS
                 tlsmod.start_tls(self.transport, self.ctx.server_tls, c, self.log)
                 c.tls_started(auth_allowed=self._auth_allowed(True))
             elif isinstance(ev, Close):
                 self._flush()
                 self.transport.loseConnection()
+                self._release()  # now, not when the socket is gone: the client may be back already
                 return
         self._flush()
         if self.closing_when_idle:
@@ -380,7 +420,7 @@ class SmtpSession(Protocol):
         if c is not None:
             out = c.data_to_send()
             if out:
-                self.transport.write(out)
+                write_now(self.transport, self._direct, out)
 
     # -- policy
 

@@ -483,6 +483,16 @@ class SmtpServerConn:
         self._out.append(self._ehlo_reply())
 
     def _ehlo_reply(self) -> bytes:
+        """The EHLO answer; the same settings and state always give the same bytes."""
+        key = (self.settings, self.tls_active, self.auth_allowed and self.auth_user is None)
+        reply = _EHLO_REPLIES.get(key)
+        if reply is None:
+            if len(_EHLO_REPLIES) > 64:
+                _EHLO_REPLIES.clear()
+            reply = _EHLO_REPLIES[key] = self._build_ehlo_reply()
+        return reply
+
+    def _build_ehlo_reply(self) -> bytes:
         s = self.settings
         lines = [s.hostname, "PIPELINING", f"SIZE {s.max_message_size}", "ENHANCEDSTATUSCODES"]
         if s.eightbitmime:
@@ -884,6 +894,9 @@ class SmtpServerConn:
         self._waiting = Message(self.sender or "", self.mail_params, self.recipients, data)
         events.append(self._waiting)
 
+
+#: (settings, TLS active, AUTH offered) -> the EHLO answer: built once, not per session.
+_EHLO_REPLIES: dict[tuple, bytes] = {}
 
 _HANDLERS = {
     b"HELO": SmtpServerConn._cmd_helo,
