@@ -33,15 +33,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from twisted.logger import (
-    FilteringLogObserver,
-    ILogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    Logger,
-    formatEvent,
-    globalLogBeginner,
-)
+from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent, globalLogBeginner
 from zope.interface import implementer
 
 #: Event fields whose values never reach a log.
@@ -50,6 +42,10 @@ REDACTED = "<redacted>"
 
 LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
           "error": LogLevel.error}
+
+#: Levels as numbers: comparing twisted's LogLevel constants costs more than the rest
+#: of writing a line.
+_RANK = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2, LogLevel.error: 3, LogLevel.critical: 4}
 
 #: syslog facility names (RFC 3164 section 4.1.1) -> codes.
 FACILITIES = {
@@ -83,6 +79,18 @@ class RedactingObserver:
         self.inner(redact(event))
 
 
+def _format(event: dict[str, Any]) -> str:
+    """The event's message: str.format_map for plain formats (most lines), twisted's
+    formatEvent for anything else (its call syntax, a missing field)."""
+    fmt = event.get("log_format")
+    if fmt is None:
+        return ""
+    try:
+        return fmt.format_map(event)
+    except Exception:
+        return formatEvent(event)
+
+
 def format_line(event: dict[str, Any], daemon: str, pid: int | None = None) -> str:
     """``daemon[pid]: session=... queue_id=... trace_id=... message`` on one line."""
     parts = [f"{daemon}[{pid or os.getpid()}]:"]
@@ -91,9 +99,9 @@ def format_line(event: dict[str, Any], daemon: str, pid: int | None = None) -> s
         if value is not None:
             parts.append(f"{name}={value}")
     level = event.get("log_level")
-    if level is not None and level >= LogLevel.warn:
+    if level is not None and _RANK.get(level, 0) >= 2:
         parts.append(f"{level.name}:")
-    text = formatEvent(event) if event.get("log_format") is not None else ""
+    text = _format(event)
     failure = event.get("log_failure")
     if failure is not None:
         text = f"{text}: {failure.type.__name__}: {failure.getErrorMessage()}" if text else \
@@ -189,8 +197,21 @@ def make_observer(log_cfg, daemon: str, stream: IO[str] | None = None):
         writer = SyslogObserver(daemon, log_cfg.syslog_facility, log_cfg.syslog_socket, debug)
     else:
         writer = StderrObserver(daemon, stream, debug)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
-    return RedactingObserver(FilteringLogObserver(writer, [predicate]))
+    return RedactingObserver(LevelFilter(writer, level))
+
+
+@implementer(ILogObserver)
+class LevelFilter:
+    """Passes on the events at `level` or above (one comparison of numbers, where
+    twisted's FilteringLogObserver with a LogLevelFilterPredicate does much more)."""
+
+    def __init__(self, inner, level: LogLevel):
+        self.inner = inner
+        self.minimum = _RANK[level]
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if _RANK.get(event.get("log_level"), 1) >= self.minimum:
+            self.inner(event)
 
 
 class _StdlibBridge(logging.Handler):
