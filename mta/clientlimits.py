@@ -62,8 +62,21 @@ TOO_MANY_FROM_CLIENT = "client"
 TABLE_FULL = "full"
 
 
+_keys: dict[str, bytes] = {}
+
+
 def _key(ip: str) -> bytes:
-    """16 bytes for an address (IPv4 as IPv4-mapped IPv6); unparsable text hashes."""
+    """16 bytes for an address (IPv4 as IPv4-mapped IPv6); unparsable text hashes.
+    Remembered (up to 10,000 addresses): a client connects again and again."""
+    key = _keys.get(ip)
+    if key is None:
+        if len(_keys) >= 10_000:
+            _keys.clear()
+        key = _keys[ip] = _make_key(ip)
+    return key
+
+
+def _make_key(ip: str) -> bytes:
     try:
         address = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
@@ -96,6 +109,7 @@ class SharedTable:
         self.totals = view[self._totals_at:self._keys_at].cast("I")
         self.rate = view[self._rate_at:self._conns_at].cast("I")   # (minute, this, previous) per slot
         self.conns = view[self._conns_at:self._conns_at + 2 * n * c].cast("H")  # column-major
+        self._homes: dict[bytes, int] = {}
 
     @staticmethod
     def size(slots: int, columns: int) -> int:
@@ -146,8 +160,13 @@ class SharedTable:
     # -- slots (call with the lock held)
 
     def _home(self, key: bytes) -> int:
-        digest = hashlib.blake2b(key, digest_size=8, key=self.secret).digest()
-        return int.from_bytes(digest, "little") % self.slots
+        home = self._homes.get(key)
+        if home is None:
+            if len(self._homes) >= 10_000:
+                self._homes.clear()
+            digest = hashlib.blake2b(key, digest_size=8, key=self.secret).digest()
+            home = self._homes[key] = int.from_bytes(digest, "little") % self.slots
+        return home
 
     def _key_at(self, slot: int) -> bytes:
         at = self._keys_at + 16 * slot
