@@ -134,7 +134,9 @@ def _address_list(value: bytes | None) -> bytes:
     return paren(paren([nstring(x) for x in a]) for a in addrs)
 
 
-def envelope(msg: Part) -> bytes:
+def envelope(msg) -> bytes:
+    """ENVELOPE of a message: anything with get(name) -> bytes | None (a Part, or the
+    header fields imapd.summary keeps)."""
     def h(name: bytes):
         return msg.get(name)
 
@@ -151,14 +153,54 @@ def envelope(msg: Part) -> bytes:
 
 # --------------------------------------------------------------------------- body structure
 
-def _params(part: Part) -> bytes:
-    if not part.params:
+#: The envelope's header fields, and References for THREAD.
+ENVELOPE_FIELDS = (b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"in-reply-to",
+                   b"message-id", b"references")
+#: The header fields of a body part that BODYSTRUCTURE shows.
+PART_FIELDS = (b"content-id", b"content-description", b"content-transfer-encoding", b"content-md5",
+               b"content-disposition", b"content-language", b"content-location")
+
+
+def _text(b: bytes) -> str:
+    return b.decode("latin-1")
+
+
+def structure_node(part: Part) -> dict:
+    """What BODY and BODYSTRUCTURE need of a MIME tree, as plain data (str values are
+    the octets as latin-1) that imapd.summary can keep and body_structure renders."""
+    node: dict = {"t": _text(part.maintype), "s": _text(part.subtype),
+                  "p": [[_text(k), _text(v)] for k, v in part.params],
+                  "h": {_text(n): _text(v) for n in PART_FIELDS if (v := part.get(n)) is not None}}
+    if part.children:
+        node["c"] = [structure_node(c) for c in part.children]
+        return node
+    node["n"] = len(part.body)
+    node["l"] = count_lines(part.body)
+    if part.message is not None:
+        node["m"] = {"e": {_text(n): _text(v) for n in ENVELOPE_FIELDS if (v := part.message.get(n)) is not None},
+                     "b": structure_node(part.message)}
+    return node
+
+
+class Fields:
+    """Header fields by name (bytes), as Part.get gives them."""
+
+    def __init__(self, values: dict[str, str]):
+        self.values = values
+
+    def get(self, name: bytes) -> bytes | None:
+        v = self.values.get(_text(name))
+        return v.encode("latin-1") if v is not None else None
+
+
+def _params(params) -> bytes:
+    if not params:
         return b"NIL"
-    return paren(string(x) for kv in part.params for x in kv)
+    return paren(string(x.encode("latin-1")) for kv in params for x in kv)
 
 
-def _disposition(part: Part) -> bytes:
-    value = part.get(b"content-disposition")
+def _disposition(get) -> bytes:
+    value = get(b"content-disposition")
     if value is None:
         return b"NIL"
     from .mime import parse_params
@@ -169,8 +211,8 @@ def _disposition(part: Part) -> bytes:
     return paren([string(main), p])
 
 
-def _language(part: Part) -> bytes:
-    value = part.get(b"content-language")
+def _language(get) -> bytes:
+    value = get(b"content-language")
     if value is None:
         return b"NIL"
     langs = [x.strip() for x in value.split(b",") if x.strip()][:20]
@@ -181,26 +223,32 @@ def _language(part: Part) -> bytes:
     return paren(string(x) for x in langs)
 
 
-def body_structure(part: Part, extensible: bool) -> bytes:
-    """BODYSTRUCTURE (extensible=True) or BODY of a part."""
-    if part.children:
-        items = [b"".join(body_structure(c, extensible) for c in part.children), string(part.subtype)]
+def body_structure(node, extensible: bool) -> bytes:
+    """BODYSTRUCTURE (extensible=True) or BODY of a structure node (or of a Part)."""
+    if isinstance(node, Part):
+        node = structure_node(node)
+    get = Fields(node["h"]).get
+    subtype = node["s"].encode("latin-1")
+    if "c" in node:
+        items = [b"".join(body_structure(c, extensible) for c in node["c"]), string(subtype)]
         if extensible:
-            items += [_params(part), _disposition(part), _language(part), nstring(part.get(b"content-location"))]
+            items += [_params(node["p"]), _disposition(get), _language(get), nstring(get(b"content-location"))]
         return paren(items)
-    encoding = part.get(b"content-transfer-encoding")
+    encoding = get(b"content-transfer-encoding")
     encoding = encoding.split()[0] if encoding and encoding.split() else b"7BIT"
-    items = [string(part.maintype), string(part.subtype), _params(part),
-             nstring(part.get(b"content-id")), nstring(part.get(b"content-description")),
+    maintype = node["t"].encode("latin-1")
+    items = [string(maintype), string(subtype), _params(node["p"]),
+             nstring(get(b"content-id")), nstring(get(b"content-description")),
              string(encoding.upper() if encoding.lower() in (b"7bit", b"8bit", b"binary", b"base64", b"quoted-printable") else encoding),
-             b"%d" % len(part.body)]
-    if part.message is not None:
-        items += [envelope(part.message), body_structure(part.message, extensible), b"%d" % count_lines(part.body)]
-    elif part.maintype.lower() == b"text":
-        items.append(b"%d" % count_lines(part.body))
+             b"%d" % node["n"]]
+    if "m" in node:
+        inner = node["m"]
+        items += [envelope(Fields(inner["e"])), body_structure(inner["b"], extensible), b"%d" % node["l"]]
+    elif maintype.lower() == b"text":
+        items.append(b"%d" % node["l"])
     if extensible:
-        items += [nstring(part.get(b"content-md5")), _disposition(part), _language(part),
-                  nstring(part.get(b"content-location"))]
+        items += [nstring(get(b"content-md5")), _disposition(get), _language(get),
+                  nstring(get(b"content-location"))]
     return paren(items)
 
 

@@ -55,6 +55,7 @@ from typing import BinaryIO
 from ..fsutil import fsync_dir, write_durably
 from . import keywords as kwfile
 from . import uidlist as uidfile
+from .cache import MailCache
 from .errors import MailboxNotFound, StorageError
 from .lock import DotLock
 
@@ -247,6 +248,7 @@ class MailboxState:
         self.first_recent_uid = 1
         self.by_uid: dict[int, Message] = {}
         self.by_base: dict[str, int] = {}
+        self._names: dict[str, set[str]] | None = None  # file names in new/ and cur/ (built on first use)
         self._sorted: list[int] | None = []
         self.exp_modseqs: list[int] = []
         self.exp_uids: list[int] = []
@@ -280,6 +282,7 @@ class MailboxState:
         self._pending: list[str] = []
         self.persistent = True
         self._loaded = False
+        self._cache = None
         self._counts_version = -1
         self._unseen = self._vsize_total = 0
 
@@ -336,6 +339,8 @@ class MailboxState:
     def _add(self, msg: Message) -> None:
         self.by_uid[msg.uid] = msg
         self.by_base[msg.basename] = msg.uid
+        if self._names is not None:
+            self._names[msg.sub].add(msg.filename)
         if self._sorted is not None:
             if not self._sorted or msg.uid > self._sorted[-1]:
                 self._sorted.append(msg.uid)
@@ -345,8 +350,13 @@ class MailboxState:
 
     def _replace(self, msg: Message, notify: bool = True) -> None:
         old = self.by_uid.get(msg.uid)
-        if old is not None and old.basename != msg.basename:
-            self.by_base.pop(old.basename, None)
+        if old is not None:
+            if old.basename != msg.basename:
+                self.by_base.pop(old.basename, None)
+            if self._names is not None:
+                self._names[old.sub].discard(old.filename)
+        if self._names is not None:
+            self._names[msg.sub].add(msg.filename)
         self.by_uid[msg.uid] = msg
         self.by_base[msg.basename] = msg.uid
         if notify:
@@ -360,9 +370,13 @@ class MailboxState:
                 continue
             gone.append(uid)
             self.by_base.pop(msg.basename, None)
+            if self._names is not None:
+                self._names[msg.sub].discard(msg.filename)
             self.exp_modseqs.append(modseq)
             self.exp_uids.append(uid)
             self._note(EXPUNGED, uid)
+        if self._cache is not None and gone:
+            self._cache.forget(gone, len(self.by_uid))
         if self._sorted is not None and len(gone) <= 32:
             for uid in gone:
                 i = bisect.bisect_left(self._sorted, uid)
@@ -375,6 +389,20 @@ class MailboxState:
             self.vanished_floor = max(self.vanished_floor, self.exp_modseqs[drop - 1])
             del self.exp_modseqs[:drop]
             del self.exp_uids[:drop]
+
+    def cache_get(self, uid: int, kind: int) -> bytes | None:
+        """A value derived from message `uid`'s content kept in postroom-cache
+        (common.storage.cache; untrusted bytes: parse them strictly)."""
+        if self._cache is None:
+            self._cache = MailCache(self.path, self.store.owner)
+        return self._cache.get(self.uidvalidity, uid, kind)
+
+    def cache_put(self, uid: int, kind: int, data: bytes) -> None:
+        if uid not in self.by_uid:
+            return
+        if self._cache is None:
+            self._cache = MailCache(self.path, self.store.owner)
+        self._cache.put(self.uidvalidity, uid, kind, data)
 
     def vanished_since(self, modseq: int) -> list[int] | None:
         """UIDs expunged after `modseq`, or None when the history does not reach back
@@ -496,6 +524,8 @@ class MailboxState:
             if fd is not None:
                 os.close(fd)
         self._lock_fd = self._log_fd = None
+        if self._cache is not None:
+            self._cache.close()
         from ..log import get_logger
         get_logger("storage.index").info("index of {path} not writable ({error}); kept in memory only",
                                          path=self._dir, error=str(exc))
@@ -778,6 +808,7 @@ class MailboxState:
                 if msg is not None:
                     msg.pop3_uidl = value
         self.by_uid, self.by_base, self._sorted = by_uid, by_base, list(uids)
+        self._names = None
         self.exp_modseqs, self.exp_uids = list(exp_modseqs), list(exp_uids)
         # Views of this process compare everything with what they had.
         self.version += 1
@@ -891,7 +922,10 @@ class MailboxState:
 
     def _scan_dirs(self, move_new: bool, modseq: int | None = None, rebuild: bool = False) -> None:
         """List the directories whose mtime does not prove their content; turn what
-        is there into new messages, flag changes and expunges (lock held)."""
+        changed there into new messages, flag changes and expunges (lock held).
+
+        A listing is compared as a set with the file names the state knows, so a
+        directory that did not change costs one listdir and no per-file work."""
         new_dir, cur_dir = os.path.join(self._dir, "new"), os.path.join(self._dir, "cur")
         try:
             st_new, st_cur = os.stat(new_dir), os.stat(cur_dir)
@@ -907,49 +941,57 @@ class MailboxState:
         scan_cur = rebuild or not self._cur_trusted or cur_stamp != self._cur_stamp
         if not (scan_new or scan_cur):
             return
-        found: dict[str, tuple[str, str]] = {}
+        added: dict[str, tuple[str, str]] = {}   # base -> (sub, file name) of names not known
+        gone: list[Message] = []                  # known messages whose file name is not listed
         in_new: set[str] = set()
         moved = False
         try:
-            if scan_new:
-                for filename in os.listdir(new_dir):
+            for sub, path, scan in (("new", new_dir, scan_new), ("cur", cur_dir, scan_cur)):
+                if not scan:
+                    continue
+                listed = set(os.listdir(path))
+                known = self._known_names(sub)
+                if listed == known and not (sub == "new" and move_new and listed):
+                    continue
+                for filename in (listed if sub == "new" and move_new else listed - known):
                     if filename[:1] == "." or _BAD_NAME.search(filename):
                         continue
                     base, letters = split_name(filename)
-                    if move_new:
-                        target = f"{base}:2,{letters}"
-                        try:
-                            os.rename(os.path.join(new_dir, filename), os.path.join(cur_dir, target))
-                        except FileNotFoundError:
-                            continue  # moved by someone else: cur/ shows it
-                        found[base] = ("cur", target)
-                        moved = True
-                    else:
-                        found[base] = ("new", filename)
-                    in_new.add(base)
-            if scan_cur:
-                for filename in os.listdir(cur_dir):
-                    if filename[:1] == "." or _BAD_NAME.search(filename):
-                        continue
-                    found.setdefault(split_name(filename)[0], ("cur", filename))
+                    if sub == "new":
+                        in_new.add(base)
+                        if move_new:
+                            target = f"{base}:2,{letters}"
+                            try:
+                                os.rename(os.path.join(new_dir, filename), os.path.join(cur_dir, target))
+                            except FileNotFoundError:
+                                continue  # moved by someone else: cur/ shows it
+                            moved = True
+                            added[base] = ("cur", target)
+                            continue
+                    added.setdefault(base, (sub, filename))
+                by_base, by_uid = self.by_base, self.by_uid
+                gone.extend(by_uid[by_base[split_name(f)[0]]] for f in known - listed
+                            if split_name(f)[0] in by_base)
         except FileNotFoundError:
             raise MailboxNotFound(self.name) from None
         except OSError as e:
             raise StorageError(f"listing {self._dir}: {e}") from e
-        scanned = {"new"} if scan_new else set()
-        if scan_cur:
-            scanned.add("cur")
-        missing = [m for m in self.by_uid.values() if m.sub in scanned and m.basename not in found]
+        missing = [m for m in gone if m.basename not in added]
         if missing:
             # A file renamed while we listed may have been missed: look once more in both.
             for sub, path in (("cur", cur_dir), ("new", new_dir)):
                 for filename in os.listdir(path):
                     if filename[:1] != "." and not _BAD_NAME.search(filename):
-                        found.setdefault(split_name(filename)[0], (sub, filename))
-            missing = [m for m in missing if m.basename not in found]
+                        base = split_name(filename)[0]
+                        if base in self.by_base and base not in added:
+                            old = self.by_uid[self.by_base[base]]
+                            if (old.sub, old.filename) != (sub, filename):
+                                added[base] = (sub, filename)
+            present = {m.basename for m in missing} - added.keys()
+            missing = [m for m in missing if m.basename in present and not self._still_there(m)]
         changed: list[Message] = []
         unknown: list[str] = []
-        for base, (sub, filename) in found.items():
+        for base, (sub, filename) in added.items():
             uid = self.by_base.get(base)
             if uid is None:
                 unknown.append(base)
@@ -964,7 +1006,7 @@ class MailboxState:
             self._forget(uids, modseq)
             self._log(f"X {modseq} {','.join(map(str, uids))}\n")
         for old in changed:
-            sub, filename = found[old.basename]
+            sub, filename = added[old.basename]
             letters = split_name(filename)[1]
             if letters == split_name(old.filename)[1]:
                 self._replace(old.moved(sub, filename, old.flags, old.modseq), notify=False)
@@ -973,7 +1015,7 @@ class MailboxState:
                 self._replace(old.moved(sub, filename, self.flags_of(letters), modseq))
                 self._log(f"F {old.uid} {modseq} {sub} {filename}\n")
         if unknown:
-            self._add_unknown(unknown, found, in_new, modseq, rebuild)
+            self._add_unknown(unknown, added, in_new, modseq, rebuild)
         # The listing proves the content for later syncs only if the directory had
         # settled before we looked; our own moves out of new/ changed both.
         settle = int(SETTLE_SECONDS * 1e9)
@@ -988,17 +1030,28 @@ class MailboxState:
         self._log("D %d %d %d %d %d %d\n" % (*(self._new_stamp or (0, 0)), self._new_trusted,
                                              *(self._cur_stamp or (0, 0)), self._cur_trusted))
 
+    def _still_there(self, msg: Message) -> bool:
+        """A message's file under its known name (a listing raced a rename back)."""
+        return os.path.lexists(os.path.join(self._dir, msg.sub, msg.filename))
+
+    def _known_names(self, sub: str) -> set[str]:
+        """The file names the state has in new/ or cur/ (kept as messages change)."""
+        if self._names is None:
+            self._names = {"new": set(), "cur": set()}
+            for m in self.by_uid.values():
+                self._names[m.sub].add(m.filename)
+        return self._names[sub]
+
     def _add_unknown(self, bases: list[str], found, in_new: set[str], modseq: int, rebuild: bool) -> None:
         """Files no message of ours has: their UIDs from dovecot-uidlist, or new ones."""
         ul = self._read_uidlist()
         need = [b for b in bases if ul is None or b not in ul.records]
         if need:
             ul = self._assign_uids(sorted(need, key=sort_key))
-        known_uids = set(self.by_uid)
         added = []
         for base in sorted(bases, key=lambda b: ul.records[b].uid if b in ul.records else 0):
             rec = ul.records.get(base)
-            if rec is None or rec.uid in known_uids:
+            if rec is None or rec.uid in self.by_uid:
                 continue
             sub, filename = found[base]
             path = os.path.join(self._dir, sub, filename)
@@ -1311,6 +1364,8 @@ class MailboxState:
                 except OSError:
                     pass
         self._lock_fd = self._log_fd = None
+        if self._cache is not None:
+            self._cache.close()
 
 
 class _Locked:

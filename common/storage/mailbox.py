@@ -94,6 +94,14 @@ class Mailbox:
         """Every keyword defined for the mailbox (dovecot-keywords)."""
         return [k for k in self.state.load_keywords() if k]
 
+    def cached(self, uid: int, kind: int) -> bytes | None:
+        """What was kept in postroom-cache for this message (untrusted bytes)."""
+        return self.state.cache_get(uid, kind)
+
+    def keep(self, uid: int, kind: int, data: bytes) -> None:
+        """Keep a value derived from the message's content (never changes for a UID)."""
+        self.state.cache_put(uid, kind, data)
+
     def vanished_since(self, modseq: int) -> list[int] | None:
         """UIDs expunged after `modseq` (QRESYNC), or None when the history does not
         reach back that far."""

@@ -5,9 +5,9 @@
 
 The search program is the one of SEARCH (`imapd.commands.selected.matching`);
 the ordering and threading are the pure functions of `imapd.sort` and
-`imapd.thread`. Only the header of each message is read (at most HEADER_LIMIT
-bytes), and the values are kept per selected mailbox (bounded) so that repeated
-SORTs do not read the files again.
+`imapd.thread`. The header fields come from `imapd.summary` (the mailbox's cache,
+else the header alone is read), and are also kept per selected mailbox (bounded)
+so that repeated SORTs do not even look them up again.
 
 SECURITY: the criteria and algorithm are checked against fixed lists; charsets
 other than UTF-8 and US-ASCII are refused with [BADCHARSET]; header content is
@@ -16,49 +16,20 @@ hostile and handled by `imapd.sort`.
 
 from __future__ import annotations
 
-import re
 import weakref
 
 from common.storage import StorageError
 
 from .. import sort as sorting
+from .. import summary
 from .. import thread as threading
-from ..mime import split_header
 from ..parser import ParseError
 from ..protocol import SELECTED, Done, No, advertise, command
 from ..search import CHARSETS, decoder_for
 from .selected import matching, result_modseq
 
-HEADER_LIMIT = 64 * 1024
-HEADER_STEP = 4096
 CACHE_LIMIT = 20000
 _cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-#: The header fields SORT and THREAD look at.
-FIELDS = (b"subject", b"from", b"to", b"cc", b"date", b"message-id", b"references", b"in-reply-to")
-_FIELD_RE = re.compile(rb"^(" + b"|".join(FIELDS) + rb")[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
-_FOLD_RE = re.compile(rb"\r?\n(?=[ \t])")
-
-
-def header_values(header: bytes) -> dict[bytes, bytes]:
-    """The first value of each of FIELDS in a message header, unfolded."""
-    out: dict[bytes, bytes] = {}
-    for m in _FIELD_RE.finditer(header):
-        out.setdefault(m.group(1).lower(), _FOLD_RE.sub(b"", m.group(2)).strip())
-    return out
-
-
-def _read_header(sel, uid: int) -> dict[bytes, bytes]:
-    with sel.mailbox.open(uid) as f:
-        data = f.read(HEADER_STEP)
-        while len(data) < HEADER_LIMIT and b"\n\n" not in data and b"\n\r\n" not in data:
-            more = f.read(HEADER_STEP)
-            if not more:
-                break
-            data += more
-    header, _body = split_header(data[:HEADER_LIMIT])
-    return header_values(header)
 
 
 def sort_fields(conn, pairs, wanted=sorting.FIELD_GROUPS) -> list[sorting.SortFields]:
@@ -74,7 +45,7 @@ def sort_fields(conn, pairs, wanted=sorting.FIELD_GROUPS) -> list[sorting.SortFi
             continue
         if header is None:
             try:
-                header = _read_header(sel, uid)
+                header = summary.header_fields(sel, uid)
             except StorageError as e:
                 conn.log.debug("sort skipped UID {uid}: {error!r}", uid=uid, error=e)
                 continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 from common.storage import StorageError
 
 from .. import fetch as items
+from .. import summary
 from ..parser import FetchAtt, ParseError
 from ..protocol import SELECTED, Done, advertise, command
 from ..response import date_time, literal
@@ -41,13 +42,14 @@ def _render(conn, sel, uid: int, att: FetchAtt) -> bytes:
         return b"INTERNALDATE " + date_time(msg.internaldate)
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % msg.vsize
-    loaded = sel.load(uid)
+    # Envelope and structure come from the mailbox's cache when it has them.
     if name == "ENVELOPE":
-        return b"ENVELOPE " + items.envelope(loaded.tree)
+        return b"ENVELOPE " + items.envelope(summary.header_fields(sel, uid))
     if name == "BODYSTRUCTURE":
-        return b"BODYSTRUCTURE " + items.body_structure(loaded.tree, extensible=True)
+        return b"BODYSTRUCTURE " + items.body_structure(summary.structure(sel, uid), extensible=True)
     if name == "BODY" and att.section is None:
-        return b"BODY " + items.body_structure(loaded.tree, extensible=False)
+        return b"BODY " + items.body_structure(summary.structure(sel, uid), extensible=False)
+    loaded = sel.load(uid)
     if name == "RFC822":
         return b"RFC822 " + literal(loaded.data)
     if name == "RFC822.HEADER":

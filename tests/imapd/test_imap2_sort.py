@@ -8,7 +8,7 @@ import imaplib
 import pytest
 
 import imapd.protocol  # noqa: F401 -- loads imapd.commands in its order
-from imapd.commands.ext_sort import header_values
+from imapd.summary import header_values
 from imapd.sort import SortFields, base_subject, fields_of, sort_messages
 from imapd.thread import references, render, ordered_subject
 
