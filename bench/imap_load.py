@@ -31,7 +31,8 @@ mixed      --clients clients (users 1..clients) for --seconds each, in two modes
            LOGOUT 100%. Commands per second over all clients (and, with --pid,
            per CPU second of the server process).
 idle       --idle connections logged in, INBOX selected, in IDLE; the server's
-           VmRSS (from /proc/PID/status, --pid) before and after.
+           VmRSS (from /proc/PID/status, --pid, with its worker processes) before
+           and after.
 latency    --watchers sessions in IDLE on one mailbox; a message is delivered
            (through common.storage into --deliver-maildir when given, else by
            APPEND on another connection); time until every session saw EXISTS.
@@ -394,27 +395,47 @@ async def t_mixed(a) -> dict:
     return out
 
 
+def _tree(pid: int) -> list[int]:
+    """pid and its children (a server's worker processes), from /proc."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                pids.append(int(entry))
+    return pids
+
+
 def cpu_seconds(pid: int | None) -> float | None:
-    """User plus system CPU time of a process, from /proc/PID/stat."""
+    """User plus system CPU time of a server process and its workers, from /proc."""
     if not pid:
         return None
+    total = 0.0
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for p in _tree(pid):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+    return total
 
 
 def vmrss_kib(pid: int | None) -> int | None:
+    """Resident memory of a server process and its workers, in KiB."""
     if not pid:
         return None
+    total = 0
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        for p in _tree(pid):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
     except OSError:
         return None
-    return None
+    return total
 
 
 async def _idler(a, n: int) -> Client:
@@ -517,6 +538,7 @@ listeners:
   imap:
     endpoint: tcp:{port}:interface=127.0.0.1
     tls: none
+workers: {a.workers}
 limits:
   max_connections: {a.idle + a.watchers + a.clients + 100}
   max_connections_per_client: {a.idle + a.watchers + a.clients + 100}
@@ -550,6 +572,7 @@ def main() -> int:
     ap.add_argument("--deliver-maildir", help="deliver the latency test's message into this maildir")
     ap.add_argument("--sandbox", action="store_true", help="start a throwaway postroom-imapd")
     ap.add_argument("--messages", type=int, default=20000, help="messages in the sandbox's big mailbox")
+    ap.add_argument("--workers", type=int, default=1, help="the sandbox's imapd.yaml workers (0: one per CPU)")
     ap.add_argument("--populate", type=int, metavar="N", help="only fill --maildir with N messages")
     ap.add_argument("--maildir", help="with --populate: the Maildir++ root")
     ap.add_argument("--folder", default="INBOX", help="with --populate: the mailbox to fill")
