@@ -20,6 +20,7 @@ from twisted.application.service import Service
 from common.log import get_logger
 from common.runner import listen, run
 from common.spool import Spool
+from common.workers import inherited_listeners, worker_count
 
 log = get_logger("postroom.mta")
 
@@ -56,8 +57,7 @@ class WriterService(Service):
 
 
 def receive_processes(cfg) -> int:
-    n = cfg.daemon.receive_processes
-    return n if n > 0 else (os.cpu_count() or 1)
+    return worker_count(cfg.daemon.receive_processes)
 
 
 def _client_limits(cfg, inherited: str | None):
@@ -115,7 +115,7 @@ def build_receiver(cfg, reactor, on_commit=None, limits_from: str | None = None)
 def build(cfg, parent, reactor) -> None:
     from .smtpd import SmtpFactory
 
-    inherited = os.environ.pop(WORKER_ENV, None)
+    inherited = inherited_listeners(WORKER_ENV)
     limits_from = os.environ.pop(LIMITS_ENV, None)
     if inherited is None:
         removed = Spool(cfg.core.paths.spool, create=True).clean_tmp()
@@ -144,14 +144,14 @@ def build(cfg, parent, reactor) -> None:
                                 name=f"smtp-{name}"))
     if receive_processes(cfg) > 1 and listeners:
         from .clientlimits import SharedTable
-        from .workers import WorkerPool
+        from .workers import receiving_pool
         try:
             table = SharedTable.create(receive_processes(cfg))
         except OSError as e:
             table = None
             log.warn("cannot share client limits between receiving processes ({error}): "
                      "each counts its own", error=e)
-        WorkerPool(cfg, listeners, receive_processes(cfg), reactor, table).setServiceParent(parent)
+        receiving_pool(cfg, listeners, receive_processes(cfg), reactor, table).setServiceParent(parent)
     queue_service.setServiceParent(parent)
 
 
