@@ -18,6 +18,8 @@ Fill one mailbox quickly (maildir files written straight into cur/ through
 What is measured (each --runs times; the median is printed):
 
 select     SELECT of the big mailbox (user 0), then UID FETCH 1:* (FLAGS).
+cold       (--sandbox only) the server restarted, then SELECT of the big mailbox:
+           with its index on disk, and with the index deleted (rebuilt).
 envelope   FETCH 1:1000 (ENVELOPE BODYSTRUCTURE).
 search     SEARCH over the first 10,000 messages (a header and a flag key), and
            SORT (REVERSE DATE) over them when the server advertises SORT.
@@ -507,7 +509,32 @@ async def t_latency(a) -> dict:
             "delivery_to_exists_median_s": statistics.median(seen) - t0}
 
 
-SCENARIOS = {"select": t_select, "envelope": t_envelope, "search": t_search, "mixed": t_mixed,
+async def t_cold(a) -> dict:
+    """SELECT of the big mailbox by a freshly started server: with its index on disk,
+    and with the index (and cache) deleted first, so it is rebuilt from the maildir."""
+    if a.restart is None:
+        raise SystemExit("the cold scenario needs --sandbox (it restarts the server)")
+    out = {}
+    for label, delete in (("select_after_restart_s", False), ("select_after_index_deleted_s", True)):
+        if delete:
+            for name in ("postroom-index", "postroom-index.log", "postroom-cache"):
+                try:
+                    (Path(a.big_maildir) / name).unlink()
+                except FileNotFoundError:
+                    pass
+        a.restart()
+        c = await Client.connect(a.host, a.port)
+        await c.login(a.user_format.format(n=0), a.password)
+        t0 = time.perf_counter()
+        got = await c.cmd(f"SELECT {a.mailbox}")
+        out[label] = time.perf_counter() - t0
+        out["messages"] = next((int(x.split()[1]) for x in got if x.endswith(b"EXISTS\r\n")), 0)
+        await c.cmd("LOGOUT")
+        await c.close()
+    return out
+
+
+SCENARIOS = {"select": t_select, "cold": t_cold, "envelope": t_envelope, "search": t_search, "mixed": t_mixed,
              "idle": t_idle, "latency": t_latency}
 
 
@@ -548,6 +575,13 @@ limits:
     print(f"populate  {a.messages} messages in {took:.1f} s")
     daemon = Daemon("imapd.main", etc).start(wait_ports=(port,))
     a.port, a.host, a.pid = port, "127.0.0.1", daemon.proc.pid
+    a.big_maildir = str(tmp / "mail" / domain / local / "Maildir")
+
+    def restart():
+        daemon.stop()
+        daemon.start(wait_ports=(port,))
+        a.pid = daemon.proc.pid
+    a.restart = restart
     if not a.deliver_maildir:
         local, _, domain = a.user_format.format(n=max(1, a.clients) + 1).partition("@")
         a.deliver_maildir = str(tmp / "mail" / domain / local / "Maildir")
@@ -577,6 +611,7 @@ def main() -> int:
     ap.add_argument("--maildir", help="with --populate: the Maildir++ root")
     ap.add_argument("--folder", default="INBOX", help="with --populate: the mailbox to fill")
     a = ap.parse_args()
+    a.restart = None
     if a.populate is not None:
         if not a.maildir:
             ap.error("--populate needs --maildir")
