@@ -12,7 +12,8 @@ A stored value without a "{SCHEME}" prefix is a crypt(3) string, as Dovecot's
 default CRYPT scheme treats it: its "$id$" says which algorithm it is.
 
 Hashing uses libpass (the maintained passlib fork, imported as `passlib`) with
-argon2-cffi and bcrypt. Both functions are blocking and CPU-heavy by design:
+argon2-cffi and bcrypt; SHA-crypt values are verified by the system's crypt(3)
+(libxcrypt's crypt_rn) where there is one, passlib otherwise. Both functions are blocking and CPU-heavy by design:
 call them off the reactor thread (common.auth does, with deferToThread).
 
 SECURITY: `stored` comes from the administrator's user file, `password` from an
@@ -108,6 +109,43 @@ def scheme_of(stored: str) -> str:
     return scheme
 
 
+#: Schemes the system's crypt(3) (libxcrypt on Debian, FreeBSD's libcrypt) computes:
+#: several times faster than passlib's pure-Python SHA-crypt, and ctypes lets other
+#: threads run meanwhile (a login does not hold up the sessions of its process).
+_SYSTEM_CRYPT_SCHEMES = frozenset({"SHA512-CRYPT", "SHA256-CRYPT"})
+
+
+def _load_crypt_rn():
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("crypt")
+    if not name:
+        return None
+    try:
+        lib = ctypes.CDLL(name)
+        fn = lib.crypt_rn  # libxcrypt: returns NULL (never a "*0" string) on failure
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+    fn.restype = ctypes.c_char_p
+    return fn
+
+
+_crypt_rn = _load_crypt_rn()
+_CRYPT_DATA_SIZE = 32768  # struct crypt_data in libxcrypt
+
+
+def _system_crypt(secret: bytes, setting: str) -> bytes | None:
+    """crypt(3) of secret with the stored value as setting, or None when the system
+    has no crypt_rn (then passlib does it)."""
+    if _crypt_rn is None:
+        return None
+    import ctypes
+    data = ctypes.create_string_buffer(_CRYPT_DATA_SIZE)
+    result = _crypt_rn(secret, setting.encode("ascii", "replace"), data, _CRYPT_DATA_SIZE)
+    return result if result else b"*"
+
+
 def _secret(password: str | bytes, scheme: str) -> bytes:
     secret = password.encode("utf-8") if isinstance(password, str) else bytes(password)
     if scheme == "BLF-CRYPT":
@@ -168,6 +206,10 @@ def verify_password(stored: str, password: str | bytes) -> bool:
     if b"\0" in secret:
         # No stored hash can contain one (the writers refuse it); bcrypt would raise.
         return False
+    if scheme in _SYSTEM_CRYPT_SCHEMES:
+        computed = _system_crypt(secret, value)
+        if computed is not None:
+            return hmac.compare_digest(computed, value.encode("ascii", "replace"))
     try:
         return bool(handler.verify(_secret(secret, scheme), value))
     except (ValueError, TypeError) as e:

@@ -274,3 +274,19 @@ def test_passwd_prompts_twice_on_a_terminal():
     assert stored.startswith("{SHA256-CRYPT}$5$") and verify_password(stored, "typed secret")
     code, output = _run_on_terminal(["-s", "SHA256-CRYPT"], [b"one", b"two"])
     assert code == 65 and b"do not match" in output
+
+
+def test_sha_crypt_is_verified_by_the_system_crypt_and_agrees_with_passlib():
+    """SHA-crypt goes through libxcrypt's crypt_rn (several times faster, and other
+    threads run meanwhile); it must give exactly what passlib and openssl give."""
+    from passlib.hash import sha256_crypt, sha512_crypt
+
+    from common import passwords
+    from tests.support import require
+    require(passwords._crypt_rn is not None, "libcrypt with crypt_rn (libxcrypt)")
+    for secret in (b"postroom", "p\u00e4ssw\u00f6rd".encode(), b"x" * 300, b"a:b$c"):
+        for handler in (sha512_crypt, sha256_crypt):
+            stored = handler.using(rounds=5000).hash(secret)
+            assert passwords._system_crypt(secret, stored) == stored.encode()
+            assert passwords._system_crypt(secret + b"!", stored) != stored.encode()
+    assert passwords._system_crypt(b"x", "$6$") != b"$6$"  # a broken setting never matches
