@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +25,40 @@ def fsync_dir(directory: str | os.PathLike) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        import ctypes.util
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_syncfs = _load_syncfs()
+#: Whether syncfs() is available (Linux): one call makes every write on a filesystem
+#: durable (data, inodes and directory entries: one journal commit), so a batch of
+#: files costs one call instead of an fsync per file and folder.
+HAVE_SYNCFS = _syncfs is not None
+
+
+def syncfs(directory: str | os.PathLike) -> None:
+    """syncfs(2) the filesystem holding directory (HAVE_SYNCFS only). Since Linux 5.8
+    it reports writeback errors; any error means nothing may be acknowledged."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _syncfs(fd) != 0:
+            import ctypes
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), os.fspath(directory))
     finally:
         os.close(fd)
 

@@ -52,7 +52,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
-from ..fsutil import fsync_dir, write_durably
+from ..fsutil import HAVE_SYNCFS, fsync_dir, syncfs, write_durably
 from . import keywords as kwfile
 from . import uidlist as uidfile
 from .cache import MailCache
@@ -242,6 +242,11 @@ class MailboxState:
         self.path = Path(path)
         self._dir = str(path)
         self.dir_ino = os.stat(self._dir).st_ino
+        join = os.path.join
+        self._uidlist_path = join(self._dir, UIDLIST)
+        self._keywords_path = join(self._dir, KEYWORDS)
+        self._log_path = join(self._dir, INDEX_LOG)
+        self._new_dir, self._cur_dir = join(self._dir, "new"), join(self._dir, "cur")
         self.uidvalidity = 0
         self.next_uid = 1
         self.highest_modseq = 0
@@ -415,7 +420,7 @@ class MailboxState:
     # ------------------------------------------------------------------ keywords and flags
 
     def load_keywords(self, force: bool = False) -> list[str | None]:
-        path = self.path / KEYWORDS
+        path = self._keywords_path
         if not force and _signature(path) == self._keywords_sig:
             return self._keywords
         got = _read_control(path)
@@ -556,7 +561,7 @@ class MailboxState:
         if not self.persistent:
             return
         try:
-            st = os.stat(self.path / INDEX_LOG, follow_symlinks=False)
+            st = os.stat(self._log_path, follow_symlinks=False)
         except FileNotFoundError:
             st = None
         except OSError as e:
@@ -565,7 +570,7 @@ class MailboxState:
         if self._log_fd is None and self._loaded and st is not None and st.st_ino == self._log_ino:
             # Same log as when the files were closed (an idle state): read on.
             try:
-                self._log_fd = os.open(self.path / INDEX_LOG, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+                self._log_fd = os.open(self._log_path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
                 self._log_fd = None
             if self._log_fd is not None and os.fstat(self._log_fd).st_ino != self._log_ino:
@@ -907,12 +912,12 @@ class MailboxState:
         directories still have mtimes a listing proved."""
         try:
             if self.persistent:
-                st = os.stat(self.path / INDEX_LOG)
+                st = os.stat(self._log_path)
                 if st.st_ino != self._log_ino or st.st_size != self._log_pos:
                     return False
-            new = os.stat(os.path.join(self._dir, "new"))
-            cur = os.stat(os.path.join(self._dir, "cur"))
-            ul = os.stat(self.path / UIDLIST)
+            new = os.stat(self._new_dir)
+            cur = os.stat(self._cur_dir)
+            ul = os.stat(self._uidlist_path)
         except OSError:
             return False
         if ul.st_ino != self._ul_ino:
@@ -926,7 +931,7 @@ class MailboxState:
 
         A listing is compared as a set with the file names the state knows, so a
         directory that did not change costs one listdir and no per-file work."""
-        new_dir, cur_dir = os.path.join(self._dir, "new"), os.path.join(self._dir, "cur")
+        new_dir, cur_dir = self._new_dir, self._cur_dir
         try:
             st_new, st_cur = os.stat(new_dir), os.stat(cur_dir)
             if os.stat(self._dir).st_ino != self.dir_ino:
@@ -1090,7 +1095,7 @@ class MailboxState:
     def _check_uidlist(self) -> None:
         """A replaced uidlist may carry a new UIDVALIDITY, a missing or broken one is
         made anew with one: then every UID we know is void (lock held)."""
-        sig = _signature(self.path / UIDLIST)
+        sig = _signature(self._uidlist_path)
         ino = sig[0] if sig else 0
         if ino and ino == self._ul_ino:
             return
@@ -1110,9 +1115,8 @@ class MailboxState:
     def _read_uidlist(self) -> uidfile.UidList | None:
         """dovecot-uidlist as it is now: only the appended part is parsed when the
         file grew; None when missing (a broken one is rebuilt by the caller's lock)."""
-        path = self.path / UIDLIST
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self._uidlist_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             self._ul = self._ul_sig = None
             return None
@@ -1160,9 +1164,10 @@ class MailboxState:
         self._ul, self._ul_sig, self._ul_pos = ul, (st.st_ino, st.st_size, st.st_mtime_ns), st.st_size
         self._ul_ino = st.st_ino
 
-    def _assign_uids(self, bases: list[str]) -> uidfile.UidList:
-        """New UIDs for these base names, appended to dovecot-uidlist (fsync'd) under
-        its dotlock, as Dovecot appends. Returns the uidlist."""
+    def _assign_uids(self, bases: list[str], sync: bool = True) -> uidfile.UidList:
+        """New UIDs for these base names, appended to dovecot-uidlist (fsync'd unless
+        the caller syncs the filesystem) under its dotlock, as Dovecot appends.
+        Returns the uidlist."""
         with DotLock(self.path / UIDLIST, owner=self.store.owner):
             ul = self._read_uidlist()
             if ul is None:
@@ -1178,14 +1183,15 @@ class MailboxState:
             for base in todo:
                 ul.assign(base)
             self._append_uidlist("".join(f"{ul.records[b].uid} :{b}\n" for b in todo).encode("utf-8",
-                                                                                            "surrogateescape"))
+                                                                                            "surrogateescape"),
+                                 sync)
             stale = len(ul.records) - len(self.by_uid) - len(todo)
             if stale > max(UIDLIST_STALE_REWRITE, len(self.by_uid)):
                 self._compact_uidlist(ul)
         return ul
 
-    def _append_uidlist(self, data: bytes) -> None:
-        fd = os.open(self.path / UIDLIST, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    def _append_uidlist(self, data: bytes, sync: bool = True) -> None:
+        fd = os.open(self._uidlist_path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -1196,7 +1202,8 @@ class MailboxState:
                 os.ftruncate(fd, end)
                 size = end
             os.pwrite(fd, data, size)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
             st = os.fstat(fd)
         finally:
             os.close(fd)
@@ -1230,7 +1237,8 @@ class MailboxState:
         done: list[Message] = []
         failed: list[int] = []
         with self.locked():
-            self._scan_dirs(move_new=False)
+            if unchanged_since is not None:
+                self._scan_dirs(move_new=False)  # what others changed counts against the test
             modseq = None
             for uid in sorted(set(uids)):
                 msg = self.by_uid.get(uid)
@@ -1295,7 +1303,6 @@ class MailboxState:
         removed: list[int] = []
         freed = 0
         with self.locked():
-            self._scan_dirs(move_new=False)
             for uid in sorted(set(uids)):
                 msg = self.by_uid.get(uid)
                 if msg is None:
@@ -1325,18 +1332,22 @@ class MailboxState:
                 self._cur_trusted = self._new_trusted = False
         return removed, freed
 
-    def commit_files(self, files: list[tuple[Path, str, float]]) -> list[int]:
-        """Rename finished files (in tmp/) into cur/ under the given names, fsync cur/,
-        and give them UIDs in order (appended to dovecot-uidlist, fsync'd) before
-        returning: then they are durable and their UIDs can be told."""
+    def commit_files(self, files: list[tuple[str, str, float]]) -> list[int]:
+        """Rename finished files (in tmp/) into cur/ under the given names and give them
+        UIDs in order (appended to dovecot-uidlist). Durable on return, and only then
+        may their UIDs be told: where syncfs(2) exists one call makes the files, cur/
+        and the uidlist durable at once (the files need not be fsync'd before);
+        elsewhere the caller fsync'd the files, and cur/ and the uidlist are fsync'd."""
         with self.locked():
-            self._scan_dirs(move_new=False)
-            cur = os.path.join(self._dir, "cur")
+            cur = self._cur_dir
             for tmp, final, _idate in files:
                 os.rename(tmp, os.path.join(cur, final))
-            fsync_dir(cur)
+            if not HAVE_SYNCFS:
+                fsync_dir(cur)
             bases = [split_name(final)[0] for _tmp, final, _ in files]
-            ul = self._assign_uids(bases)
+            ul = self._assign_uids(bases, sync=not HAVE_SYNCFS)
+            if HAVE_SYNCFS:
+                syncfs(cur)
             modseq = self._next_modseq()
             uids = []
             for (_tmp, final, idate), base in zip(files, bases):

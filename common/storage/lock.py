@@ -1,9 +1,10 @@
 """common.storage.lock -- the dotlock Dovecot uses for dovecot-uidlist, and an fcntl lock.
 
-DotLock: "<file>.lock" holding "pid:host", written aside and hard-linked into place
-(what Dovecot's file_dotlock does), so it never exists without its content. Another holder waits a bounded time;
-a lock whose mtime has not changed for `stale` seconds (Dovecot: 2 minutes for the
-uidlist), or whose pid on this host is dead, is removed. Data guarded by the lock is
+DotLock: "<file>.lock" created with O_EXCL (as Dovecot's file_dotlock can), holding
+"pid:host". Another holder waits a bounded time; a lock whose mtime has not changed
+for `stale` seconds (Dovecot: 2 minutes for the uidlist), or whose pid on this host
+is dead, or that is still empty after a few seconds (its holder was killed between
+creating and writing it), is removed. Data guarded by the lock is
 rewritten through a temporary file and a rename while it is held, so readers never
 need the lock.
 
@@ -25,6 +26,8 @@ from pathlib import Path
 from .errors import LockTimeout, MailboxInUse
 
 _HOST = socket.gethostname().split(".")[0]
+#: An empty lock file older than this is stale (its holder died before writing its pid).
+EMPTY_STALE = 5.0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -52,43 +55,35 @@ class DotLock:
     def acquire(self) -> "DotLock":
         deadline = time.monotonic() + self.timeout
         delay = 0.0005
-        # The lock appears with its content at once (written aside, then linked into
-        # place, as Dovecot's file_dotlock does): a holder killed at any moment leaves
-        # either no lock or one that names its pid, which the next one sees is dead.
         content = f"{os.getpid()}:{_HOST}".encode()
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{_HOST}")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, content)
-            if self.owner is not None:
-                os.fchown(fd, *self.owner)
-        finally:
-            os.close(fd)
-        try:
-            while True:
-                try:
-                    os.link(temp, self.path, follow_symlinks=False)
-                except FileExistsError:
-                    self._remove_if_stale()
-                else:
-                    self.held = True
-                    return self
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(f"timed out waiting for {self.path}")
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-        finally:
+        while True:
             try:
-                os.unlink(temp)
-            except OSError:
-                pass
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                self._remove_if_stale()
+            else:
+                try:
+                    os.write(fd, content)
+                    if self.owner is not None:
+                        os.fchown(fd, *self.owner)
+                finally:
+                    os.close(fd)
+                self.held = True
+                return self
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"timed out waiting for {self.path}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def _remove_if_stale(self) -> None:
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
             return
-        stale = time.time() - st.st_mtime > self.stale
+        age = time.time() - st.st_mtime
+        # A holder writes its pid at once after creating the lock: one still empty
+        # after EMPTY_STALE seconds was left by a holder killed in between.
+        stale = age > self.stale or (st.st_size == 0 and age > EMPTY_STALE)
         if not stale:
             try:
                 with open(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:

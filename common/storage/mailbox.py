@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ..fsutil import write_file_synced
+from ..fsutil import HAVE_SYNCFS, write_file_synced
 from .errors import MailboxNotFound, StorageError
 from .index import (KEYWORD_LETTERS, LETTER_BY_LOWER, RENAME_RETRIES, SYSTEM_FLAGS, Message,
                     MailboxState, crlf_size, flag_letters, open_nofollow, release_state, state_for)
@@ -367,12 +367,14 @@ def save_messages(store, state: MailboxState, messages) -> list[int]:
     from .maildir import _new_base
     messages = [(data, list(flags), internaldate) for data, flags, internaldate in messages]
     index = state.ensure_keywords([f for _data, flags, _date in messages for f in flags])
-    files: list[tuple[Path, str, float]] = []
+    files: list[tuple[str, str, float]] = []
+    tmp_dir = os.path.join(state._dir, "tmp")
     try:
         for data, flags, internaldate in messages:
             base = _new_base(len(data), crlf_size(data))
-            tmp = state.path / "tmp" / base
-            write_file_synced(tmp, [data])
+            tmp = os.path.join(tmp_dir, base)
+            # commit_files makes it durable (with everything else, in one syncfs)
+            write_file_synced(tmp, [data], sync=not HAVE_SYNCFS)
             if store.owner is not None:
                 store._chown(tmp)
             if internaldate is not None:
@@ -381,7 +383,7 @@ def save_messages(store, state: MailboxState, messages) -> list[int]:
         uids = state.commit_files(files)
     except BaseException as e:
         for tmp, final, _ in files:
-            for leftover in (tmp, state.path / "cur" / final):
+            for leftover in (tmp, os.path.join(state._cur_dir, final)):
                 try:
                     os.unlink(leftover)
                 except OSError:
