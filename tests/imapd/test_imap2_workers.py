@@ -33,7 +33,15 @@ def test_workers_share_the_listeners_and_idle_crosses_them(tmp_path):
     server = start_imapd(tmp_path, extra="workers: 2\n")
     try:
         user = "alice@example.test"
-        idlers = [idler(server, user) for _ in range(10)]
+        started = wait_for(lambda: len(re.findall(r"imapd\[\d+\]: postroom-imapd started", server.daemon.output())) == 3,
+                           timeout=20, what="the supervisor and two workers started")
+        assert started
+        # The kernel picks which worker accepts: connect until both have sessions.
+        idlers = []
+        for _ in range(60):
+            idlers.append(idler(server, user))
+            if len(idlers) >= 6 and len(serving_pids(server)) == 2:
+                break
         pids = serving_pids(server)
         assert len(pids) == 2 and str(server.daemon.proc.pid) not in pids, pids
         for round_ in range(3):
