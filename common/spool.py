@@ -468,7 +468,8 @@ class Handoff:
     then removes the request. The queue manager applies the results as status
     records, then removes the answer. Each side can crash at any point: the
     request or the answer is still there, and the MDA's own delivery journal
-    (keyed by handoff_id and recipient index) prevents a second copy."""
+    (keyed by the spool file's queue ID and the recipient index, not the
+    hand-off, which is new for each attempt) prevents a second copy."""
 
     handoff_id: str
     queue_id: str
