@@ -152,6 +152,10 @@ class Journal:
         with self._lock:
             if not self._loaded:
                 self._load_all()
+            replaced = [key for key in plans if key in self._plans]
+        if replaced:
+            self.forget(replaced)   # a plan decided anew (the user's entry changed)
+        with self._lock:
             for key, plan in plans.items():
                 self._plans[key] = (plan, name)
             self._pending[name] = set(plans)

@@ -42,3 +42,11 @@ def test_keys_are_checked():
     for bad in ("../x", "a/b", ""):
         with pytest.raises(ValueError):
             key_of(bad, 0)
+
+
+def test_a_plan_decided_anew_releases_the_old_file(tmp_path):
+    journal = Journal(tmp_path)
+    key = key_of("0661B5FA9E07CA0152C000", 0)
+    first = journal.write({key: plan()})
+    second = journal.write({key: plan(user="bob@example.test")})
+    assert not os.path.exists(first) and journal.load(key) == (plan(user="bob@example.test"), second)
