@@ -133,6 +133,12 @@ class Journal:
     def write(self, plans: dict[str, Plan]) -> str:
         """Record a batch's plans in a new file, not yet durable: the caller syncs the
         returned path (or its filesystem) before the first delivery."""
+        with self._lock:
+            if not self._loaded:
+                self._load_all()    # before the new file exists
+            replaced = [key for key in plans if key in self._plans]
+        if replaced:
+            self.forget(replaced)   # a plan decided anew (the user's entry changed)
         name = f"{time.time_ns()}.{os.getpid()}.{next(_counter)}"
         path = os.path.join(self.dir_name, name)
         data = json.dumps({"plans": {key: plan.__dict__ for key, plan in plans.items()}}, ensure_ascii=False,
@@ -149,12 +155,6 @@ class Journal:
                 view = view[os.write(fd, view):]
         finally:
             os.close(fd)
-        with self._lock:
-            if not self._loaded:
-                self._load_all()
-            replaced = [key for key in plans if key in self._plans]
-        if replaced:
-            self.forget(replaced)   # a plan decided anew (the user's entry changed)
         with self._lock:
             for key, plan in plans.items():
                 self._plans[key] = (plan, name)
