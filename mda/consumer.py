@@ -61,6 +61,8 @@ log = get_logger("mda.consumer")
 
 #: hand-offs one worker delivers before answering them with one directory fsync
 BATCH = 16
+#: seconds between two prunings of the delivery journal (besides the one at start)
+PRUNE_INTERVAL = 86400.0
 
 
 class HandoffProcessor:
@@ -240,15 +242,13 @@ class SpoolConsumer(Service):
         self.resting: dict[str, float] = {}     # hand-offs that failed: not before this time
         self.watcher = None
         self.loop: LoopingCall | None = None
+        self.prune_loop: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
         self.spool.dir("mda").mkdir(parents=True, exist_ok=True)
         self.spool.dir("mda-done").mkdir(parents=True, exist_ok=True)
-        try:
-            self.processor.deliverer.journal.prune()
-        except OSError as e:
-            log.warn("cannot prune the delivery journal: {error}", error=str(e))
+        self._prune()
         self.pool.start()
         from common.storage.watch import Watcher
         # inotify (and its own change check) for prompt pickup; the loop below scans
@@ -259,11 +259,25 @@ class SpoolConsumer(Service):
         self.loop = LoopingCall(self.scan)
         self.loop.clock = self.reactor
         self.loop.start(self.interval, now=True)
+        self.prune_loop = LoopingCall(self.reactor.callInThread, self._prune)
+        self.prune_loop.clock = self.reactor
+        self.prune_loop.start(PRUNE_INTERVAL, now=False)
+
+    def _prune(self) -> None:
+        """Drop plans left behind (messages the queue gave up while deferred)."""
+        try:
+            removed = self.processor.deliverer.journal.prune()
+        except OSError as e:
+            log.warn("cannot prune the delivery journal: {error}", error=str(e))
+            return
+        if removed:
+            log.info("delivery journal: {count} old plan files pruned", count=removed)
 
     def stopService(self):
         super().stopService()
-        if self.loop is not None and self.loop.running:
-            self.loop.stop()
+        for loop in (self.loop, self.prune_loop):
+            if loop is not None and loop.running:
+                loop.stop()
         if self.watcher is not None:
             self.watcher.stop()
         self.pool.stop()   # waits for the hand-offs in flight

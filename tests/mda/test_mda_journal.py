@@ -50,3 +50,15 @@ def test_a_plan_decided_anew_releases_the_old_file(tmp_path):
     first = journal.write({key: plan()})
     second = journal.write({key: plan(user="bob@example.test")})
     assert not os.path.exists(first) and journal.load(key) == (plan(user="bob@example.test"), second)
+
+
+def test_files_older_than_the_limit_are_pruned(tmp_path):
+    import time
+    journal = Journal(tmp_path)
+    old_key, new_key = key_of("0661B5FA9E07CA0152C000", 0), key_of("0661B5FA9E07CA0152C001", 0)
+    old = journal.write({old_key: plan()})
+    new = journal.write({new_key: plan()})
+    os.utime(old, (time.time() - 31 * 86400,) * 2)
+    assert journal.prune() == 1
+    assert not os.path.exists(old) and os.path.exists(new)
+    assert journal.load(old_key) is None and journal.load(new_key) is not None
