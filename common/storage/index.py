@@ -73,8 +73,12 @@ KEYWORD_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyz")
 #: Largest control file (uidlist, keywords, index) we read.
 CONTROL_READ_LIMIT = 256 << 20
 #: A directory whose mtime is older than this when it is listed proves later that
-#: nothing changed in it as long as its mtime stays (coarse clocks, NFS).
+#: nothing changed in it as long as its mtime stays. Filesystems with nanosecond
+#: times set them from the kernel's coarse clock (a tick, at most 10 ms): a margin
+#: of SETTLE_FINE covers that. A directory whose mtime has no sub-second part may be
+#: on a filesystem that keeps whole seconds (ext3, NFS, FAT): SETTLE_SECONDS then.
 SETTLE_SECONDS = 2.0
+SETTLE_FINE = 0.05
 #: How many times a flag change or expunge chases a file renamed by someone else.
 RENAME_RETRIES = 8
 #: Changes a view can catch up with incrementally; an older view compares everything.
@@ -1023,17 +1027,18 @@ class MailboxState:
             self._add_unknown(unknown, added, in_new, modseq, rebuild)
         # The listing proves the content for later syncs only if the directory had
         # settled before we looked; our own moves out of new/ changed both.
-        settle = int(SETTLE_SECONDS * 1e9)
+        before = (self._new_stamp, self._new_trusted, self._cur_stamp, self._cur_trusted)
         if scan_new:
             self._new_stamp = new_stamp
-            self._new_trusted = not moved and started - st_new.st_mtime_ns > settle
+            self._new_trusted = not moved and _settled(started, st_new.st_mtime_ns)
         if scan_cur:
             self._cur_stamp = cur_stamp
-            self._cur_trusted = not moved and started - st_cur.st_mtime_ns > settle
+            self._cur_trusted = not moved and _settled(started, st_cur.st_mtime_ns)
         elif moved:
             self._cur_trusted = False
-        self._log("D %d %d %d %d %d %d\n" % (*(self._new_stamp or (0, 0)), self._new_trusted,
-                                             *(self._cur_stamp or (0, 0)), self._cur_trusted))
+        if (self._new_stamp, self._new_trusted, self._cur_stamp, self._cur_trusted) != before:
+            self._log("D %d %d %d %d %d %d\n" % (*(self._new_stamp or (0, 0)), self._new_trusted,
+                                                 *(self._cur_stamp or (0, 0)), self._cur_trusted))
 
     def _still_there(self, msg: Message) -> bool:
         """A message's file under its known name (a listing raced a rename back)."""
@@ -1398,6 +1403,13 @@ class _Locked:
 
     def __exit__(self, *exc) -> None:
         self.state._release()
+
+
+def _settled(listed_at_ns: int, mtime_ns: int) -> bool:
+    """Whether a listing made at listed_at proves a directory's content for as long as
+    its mtime stays mtime (see SETTLE_SECONDS)."""
+    margin = SETTLE_SECONDS if mtime_ns % 1_000_000_000 == 0 else SETTLE_FINE
+    return listed_at_ns - mtime_ns > margin * 1e9
 
 
 def _flock(fd: int, op: int, what: str, timeout: float = 10.0) -> None:
