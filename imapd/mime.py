@@ -26,9 +26,10 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 def to_crlf(data: bytes) -> bytes:
     """Bare LF (as maildir files often hold) to CRLF; CRLF left alone."""
-    if b"\n" not in data:
+    lf = data.count(b"\n")
+    if lf == 0 or lf == data.count(b"\r\n"):
         return data
-    return re.sub(rb"\r?\n", b"\r\n", data)
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def split_header(data: bytes) -> tuple[bytes, bytes]:

@@ -50,6 +50,10 @@ def _render(conn, sel, uid: int, att: FetchAtt) -> bytes:
     if name == "BODY" and att.section is None:
         return b"BODY " + items.body_structure(summary.structure(sel, uid), extensible=False)
     loaded = sel.load(uid)
+    if att.section is not None and not att.section.part and not att.section.text:
+        # BODY[] and BODY.PEEK[]: the whole message, no MIME parse needed
+        label = b"BODY[]" if att.partial is None else b"BODY[]<%d>" % att.partial[0]
+        return label + b" " + literal(items.partial(loaded.data, att.partial))
     if name == "RFC822":
         return b"RFC822 " + literal(loaded.data)
     if name == "RFC822.HEADER":
