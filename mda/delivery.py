@@ -30,8 +30,8 @@ every attempt looks for it first. An attempt that finds one replays it instead o
 running Sieve again: a folder already holding its copy (found by name) is skipped,
 and so is a redirect or reply whose marker says it was handed to the MTA. A crash
 between a maildrop write and its marker is harmless too: the retry writes the same
-queue ID, which the spool refuses (still in maildrop/) or the pickup drops (already
-queued).
+queue ID, which the spool refuses (still in maildrop/) or the pickup drops (still
+queued); only a first copy that already left the queue could be sent again.
 
 SECURITY: runs as root for several users (files are chowned to the user) or as the
 mail user. The message and the user's scripts are untrusted: folder names are
