@@ -142,7 +142,8 @@ class WorkerPool(Service):
 
     def _spawn(self, index: int) -> subprocess.Popen:
         env = dict(os.environ)
-        env[self.env_name] = ",".join(f"{name}={fd}" for name, fd in self.fds.items())
+        if self.fds:
+            env[self.env_name] = ",".join(f"{name}={fd}" for name, fd in self.fds.items())
         fds = tuple(self.fds.values())
         if self.extra is not None:
             more_env, more_fds = self.extra(index)

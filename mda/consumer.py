@@ -21,6 +21,9 @@ and the recipient's index, not by the hand-off (the queue manager makes a new on
 per attempt), and every attempt looks for it first (see mda.delivery). An answer
 already in mda-done/ means only the removal was missed.
 
+With consumer.processes above one, that many consumer processes share mda/, each
+taking the hand-offs of its share of queue IDs (`partition_of`).
+
 Hand-offs are picked up at once through inotify (Linux), and by a scan every
 scan_interval everywhere, whether or not the folder changed (the only way on
 FreeBSD, and how a batch that failed, say for a full disk, is tried again while
@@ -39,6 +42,7 @@ Messages are untrusted and only passed to mda.delivery.
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 from twisted.application.service import Service
@@ -63,6 +67,13 @@ log = get_logger("mda.consumer")
 BATCH = 16
 #: seconds between two prunings of the delivery journal (besides the one at start)
 PRUNE_INTERVAL = 86400.0
+
+
+def partition_of(handoff_id: str, processes: int) -> int:
+    """Which of several consumer processes takes a hand-off: by its message's queue ID
+    (a hand-off is named <queue ID>.<attempt>), so every attempt for a message goes to
+    the same process, whose memory of plans is then complete (mda.journal)."""
+    return zlib.crc32(handoff_id.split(".", 1)[0].encode()) % processes
 
 
 class HandoffProcessor:
@@ -225,8 +236,10 @@ class SpoolConsumer(Service):
 
     name = "mda-consumer"
 
-    def __init__(self, spool: Spool, deliverer: Deliverer, cfg, reactor, use_inotify: bool = True):
+    def __init__(self, spool: Spool, deliverer: Deliverer, cfg, reactor, use_inotify: bool = True,
+                 partition: tuple[int, int] = (0, 1)):
         self.spool = spool
+        self.partition = partition
         self.cfg = cfg
         self.reactor = reactor
         # Plans are removed by the reactor's thread pool, off the deliveries' path
@@ -290,10 +303,13 @@ class SpoolConsumer(Service):
             return   # inotify reports our own removals too: no listing while full
         batch: list[str] = []
         now = self.reactor.seconds()
+        share, processes = self.partition
         for hid in self.spool.list("mda"):
             if len(self.in_flight) + len(batch) >= limit:
                 break
             if hid in self.in_flight:
+                continue
+            if processes > 1 and partition_of(hid, processes) != share:
                 continue
             if hid in self.resting:
                 if self.resting[hid] > now:

@@ -42,11 +42,16 @@ class SieveConfig:
 class ConsumerConfig:
     enabled: bool = doc("deliver the MTA's hand-offs from the spool's mda/ folder", default=True)
     scan_interval: Duration = doc("how often the folder is scanned besides inotify (the only way on FreeBSD)", default=Duration(5))
-    workers: int = doc("threads delivering hand-offs in parallel (their fsync waits overlap)", default=8)
+    workers: int = doc("threads per consumer process delivering hand-offs in parallel (their fsync waits "
+                       "overlap; more than two mostly wait for each other)", default=1)
+    processes: int = doc("consumer processes sharing the hand-offs, each taking those of its share of queue IDs "
+                         "(0: one per CPU)", default=1)
 
     def __post_init__(self):
         if not 1 <= self.workers <= 64:
             raise ValueError("workers must be between 1 and 64")
+        if not 0 <= self.processes <= 64:
+            raise ValueError("processes must be between 0 (one per CPU) and 64")
 
 
 @dataclass(frozen=True)
@@ -80,5 +85,6 @@ listeners:
     tls: none
 consumer:
   enabled: true
+  processes: 0   # one per CPU
 create_folders: true
 """

@@ -264,3 +264,23 @@ def test_disk_full_is_answered_as_deferral(tmp_path, daemon_factory):
         hid = hand_off(spool, env, path, [0])
         [r] = wait_for(lambda: answered(spool, hid), timeout=20, what="the answer")
         assert (r.state, r.status) == ("deferred", "4.3.1")
+
+
+def test_several_consumer_processes_share_the_handoffs(tmp_path, daemon_factory):
+    """consumer.processes: 2 -- every hand-off delivered once, by the process whose share
+    of queue IDs it belongs to; both processes take part."""
+    import re as _re
+    etc = mda_config(tmp_path, "consumer:\n  enabled: true\n  scan_interval: 1s\n  processes: 2\n")
+    spool = Spool(tmp_path / "spool")
+    daemon = daemon_factory(etc)
+    ids = []
+    for _ in range(30):
+        env, path = queue_message(spool, [Recipient("alice@example.test", mailbox="alice@example.test")])
+        ids.append(hand_off(spool, env, path, [0]))
+    for hid in ids:
+        results = wait_for(lambda hid=hid: answered(spool, hid), timeout=30, what="every hand-off answered")
+        assert [r.state for r in results] == ["delivered"]
+    assert len(folder_files(tmp_path)) == 30
+    pids = set(_re.findall(r"mda\[(\d+)\]: queue_id=\S+ trace_id=\S+ to=<alice@example.test> delivered",
+                            daemon.output()))
+    assert len(pids) == 2 and str(daemon.proc.pid) not in pids, pids
