@@ -63,8 +63,9 @@ from .journal import key_of
 
 log = get_logger("mda.consumer")
 
-#: hand-offs one worker delivers before answering them with one directory fsync
-BATCH = 16
+#: hand-offs one worker delivers before answering them together (one group commit per step;
+#: 64 measured steadier and faster than 16: 1,618 against 1,418 msg/s, medians of 3)
+BATCH = 64
 #: seconds between two prunings of the delivery journal (besides the one at start)
 PRUNE_INTERVAL = 86400.0
 
