@@ -22,44 +22,11 @@ through a symlink (files are opened with O_NOFOLLOW).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import sys
 import threading
 from pathlib import Path
 
-from common.fsutil import fsync_dir
-
-
-def _load_syncfs():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_syncfs = _load_syncfs()
-
-
-def syncfs(directory: str | Path) -> bool:
-    """syncfs(2) the filesystem holding directory; False where there is none."""
-    if _syncfs is None:
-        return False
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(directory))
-        return True
-    finally:
-        os.close(fd)
+from common.fsutil import HAVE_SYNCFS, fsync_dir, syncfs
 
 
 class SharedSyncfs:
@@ -112,7 +79,7 @@ class SharedSyncfs:
 
 class GroupSync:
     def __init__(self, use_syncfs: bool = True, shared: SharedSyncfs | None = None) -> None:
-        self.use_syncfs = use_syncfs and _syncfs is not None
+        self.use_syncfs = use_syncfs and HAVE_SYNCFS
         self.shared = shared
         #: new exactly-once plans by key, for the caller to record (mda.journal) and
         #: make durable with the rest

@@ -6,7 +6,6 @@ Also the listener shape every daemon's file uses for its endpoints.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal

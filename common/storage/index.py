@@ -870,9 +870,10 @@ class MailboxState:
         tmp_dir = self.path / "tmp"
         data = self._encode_snapshot(generation)
         try:
-            _replace_file(self.path, INDEX, data, tmp_dir)
+            # temporary file and rename, no fsync: the index is never the only copy
+            write_durably(self.path, INDEX, [data], tmp_dir=tmp_dir, sync_dir=False, sync_file=False)
             head = f"G {generation}\n".encode()
-            _replace_file(self.path, INDEX_LOG, head, tmp_dir)
+            write_durably(self.path, INDEX_LOG, [head], tmp_dir=tmp_dir, sync_dir=False, sync_file=False)
             for name in (INDEX, INDEX_LOG):
                 self.store._chown(self.path / name)
             log_fd = os.open(self.path / INDEX_LOG, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -1431,27 +1432,6 @@ def _flock(fd: int, op: int, what: str, timeout: float = 10.0) -> None:
                 from .errors import LockTimeout
                 raise LockTimeout(f"timed out waiting for the index lock of {what}") from None
             delay = min(delay * 2, 0.02)
-
-
-def _replace_file(directory: Path, name: str, data: bytes, tmp_dir: Path) -> None:
-    """Temporary file + rename, without fsync (for the index, which is never the only
-    copy of anything)."""
-    tmp = tmp_dir / f".tmp.{os.getpid()}.{name}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    try:
-        os.rename(tmp, directory / name)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _uint(s: str) -> int:

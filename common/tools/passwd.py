@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from pathlib import Path
 
 from common.config import DEFAULT_DIR, EX_CONFIG, ConfigError, config_dir, load
 from common.errors import EX_DATAERR, EX_USAGE

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import threading
 
-import pytest
 
 from mda import groupsync
 from mda.groupsync import GroupSync, SharedSyncfs
+from tests.support import require
 
 
 def test_flush_with_and_without_syncfs(tmp_path):
@@ -25,8 +25,7 @@ def test_flush_with_and_without_syncfs(tmp_path):
 
 
 def test_threads_share_syncfs_calls(tmp_path, monkeypatch):
-    if groupsync._syncfs is None:
-        pytest.skip("no syncfs(2) here (not Linux)")
+    require(groupsync.HAVE_SYNCFS, "syncfs(2) (Linux)")
     calls = []
     real = groupsync.syncfs
 
@@ -60,8 +59,7 @@ def test_threads_share_syncfs_calls(tmp_path, monkeypatch):
 
 
 def test_an_error_reaches_every_thread_that_relied_on_the_call(tmp_path):
-    if groupsync._syncfs is None:
-        pytest.skip("no syncfs(2) here (not Linux)")
+    require(groupsync.HAVE_SYNCFS, "syncfs(2) (Linux)")
     shared = SharedSyncfs()
     missing = str(tmp_path / "gone")
     raised = []
