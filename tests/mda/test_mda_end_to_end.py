@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import smtplib
 
-import pytest
 
 from common.spool import parse
 from tests.mda.mda_support import MESSAGE, folder_files, write_script
