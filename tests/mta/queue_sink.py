@@ -13,6 +13,7 @@ so tests can measure concurrency and latency."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import socketserver
 import ssl
@@ -268,6 +269,32 @@ def mta_config(tmp_path, queue_yaml: str, extra_yaml: str = "", local_domains=("
     return etc
 
 
+def sink_config(tmp_path, port: int, settings: str = "tls: none", extra_yaml: str = "",
+                host: str = "127.0.0.3"):
+    """mta_config whose queue sends all remote mail to the sink at host:port; settings
+    are more `queue:` lines after that transport map (indented for you)."""
+    import textwrap
+
+    return mta_config(tmp_path, f'transports:\n  "*": "smtp:[{host}]:{port}"\n' + textwrap.dedent(settings),
+                      extra_yaml)
+
+
+@contextlib.contextmanager
+def sink_scanned_hourly(tmp_path):
+    """A Sink on 127.0.0.3 and a config sending all remote mail there without TLS,
+    deferred/ scanned once an hour (nothing deferred is retried unless asked):
+    yields (sink, etc, spool root)."""
+    with Sink("127.0.0.3") as sink:
+        yield sink, sink_config(tmp_path, sink.port, "tls: none\nscan_interval: 1h"), tmp_path / "spool"
+
+
+def tls_sink(tmp_path, host: str = "127.0.0.3", **opts) -> Sink:
+    """A Sink offering STARTTLS with the test certificate that base_config (through
+    mta_config) writes to tmp_path/etc."""
+    etc = tmp_path / "etc"
+    return Sink(host, certfile=str(etc / "cert.pem"), keyfile=str(etc / "key.pem"), **opts)
+
+
 def spool_message(spool_root, sender: str, rcpts, message: bytes | None = None, queue: str = "incoming",
                   **env) -> str:
     """Queue a message the way the receiving side does (a durable file in incoming/,
@@ -304,9 +331,13 @@ def spool_files(spool_root, queue: str) -> list[str]:
         return []
 
 
-def receiving_mta_yaml(host: str, port: int, extra: str = "") -> str:
+def receiving_mta_yaml(host: str, port: int, extra: str = "",
+                       queue: str = 'transports:\n  "*": "smtp:[127.0.0.1]:1"\n') -> str:
     """mta.yaml of a receiving postroom-mta: an mx listener with STARTTLS and no
-    checks; its own remote mail (bounces) waits in deferred/ (nothing on port 1)."""
+    checks, `queue:` = queue (indented for you), then extra. By default its own
+    remote mail (bounces) waits in deferred/ (nothing on port 1)."""
+    import textwrap
+
     return f"""\
 listeners:
   mx:
@@ -318,9 +349,7 @@ receive_processes: 1
 recipients:
   aliases_file: aliases
 queue:
-  transports:
-    "*": "smtp:[127.0.0.1]:1"
-{extra}"""
+{textwrap.indent(queue, "  ")}{extra}"""
 
 
 class PostroomMta:

@@ -11,7 +11,8 @@ import threading
 from common.spool import Recipient
 from tests.support import free_port, wait_for
 
-from .queue_sink import PostroomMta, Sink, mta_config, receiving_mta_yaml, spool_files, spool_message, start_queue
+from .queue_sink import (PostroomMta, Sink, mta_config, receiving_mta_yaml, sink_config, spool_files,
+                         spool_message, start_queue, tls_sink)
 from .test_queue_lifecycle import _local_dsns, _status_part
 
 EIGHT_BIT = "From: <alice@example.test>\r\nSubject: caf\u00e9\r\n\r\nd\u00e9j\u00e0 vu\r\n".encode()
@@ -19,11 +20,7 @@ EIGHT_BIT = "From: <alice@example.test>\r\nSubject: caf\u00e9\r\n\r\nd\u00e9j\u0
 
 def test_8bitmime_needed_but_not_offered_bounces_with_5_6_3(tmp_path):
     with Sink("127.0.0.3", extensions=("PIPELINING", "SIZE 10485760", "DSN")) as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
-            tls: none
-        """)
+        etc = sink_config(tmp_path, sink.port)
         spool = tmp_path / "spool"
         q = start_queue(etc)
         try:
@@ -43,9 +40,7 @@ def test_8bitmime_needed_but_not_offered_bounces_with_5_6_3(tmp_path):
 
 def test_helo_when_ehlo_is_refused(tmp_path):
     with Sink("127.0.0.3", ehlo_refused=True) as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
+        etc = sink_config(tmp_path, sink.port, """
             tls: may
         """)
         spool = tmp_path / "spool"
@@ -62,12 +57,8 @@ def test_helo_when_ehlo_is_refused(tmp_path):
 
 
 def test_auth_login_toward_a_relay_that_offers_only_login(tmp_path):
-    etc = tmp_path / "etc"
-    with Sink("127.0.0.3", certfile=str(etc / "cert.pem"), keyfile=str(etc / "key.pem"),
-              auth={"relayuser": "s3cret with spaces"}, auth_mechanisms=("LOGIN",)) as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
+    with tls_sink(tmp_path, auth={"relayuser": "s3cret with spaces"}, auth_mechanisms=("LOGIN",)) as sink:
+        etc = sink_config(tmp_path, sink.port, """
             relay_credentials: relay-passwords
         """)
         creds = etc / "relay-passwords"

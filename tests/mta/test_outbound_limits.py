@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from tests.support import wait_for
 
-from .queue_sink import Sink, mta_config, spool_files, spool_message, start_queue
+from .queue_sink import Sink, mta_config, sink_config, spool_files, spool_message, start_queue
 
 
 def test_connections_per_destination_are_limited(tmp_path):
     with Sink("127.0.0.3", data_delay=0.3) as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
+        etc = sink_config(tmp_path, sink.port, """
             tls: none
             max_per_destination: 2
         """)
@@ -86,9 +84,7 @@ def test_a_backlog_beyond_max_active_drains_without_waiting_for_scans(tmp_path):
     import time
 
     with Sink("127.0.0.3") as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
+        etc = sink_config(tmp_path, sink.port, """
             tls: none
             max_active: 5
             scan_interval: 1h

@@ -6,13 +6,11 @@ from __future__ import annotations
 from tests.support import wait_for
 from tests.support.dnsserver import DnsServer
 
-from .queue_sink import Sink, mta_config, spool_files, spool_message, start_queue
+from .queue_sink import Sink, mta_config, sink_config, spool_files, spool_message, start_queue, tls_sink
 
 
 def _relay_setup(tmp_path, sink, mode=0o600, extra=""):
-    etc = mta_config(tmp_path, f"""
-        transports:
-          "*": "smtp:[127.0.0.3]:{sink.port}"
+    etc = sink_config(tmp_path, sink.port, f"""
         relay_credentials: relay-passwords
         retry_first: 1h
         {extra}
@@ -24,9 +22,7 @@ def _relay_setup(tmp_path, sink, mode=0o600, extra=""):
 
 
 def test_smarthost_auth_over_tls(tmp_path):
-    etc = tmp_path / "etc"
-    with Sink("127.0.0.3", certfile=str(etc / "cert.pem"), keyfile=str(etc / "key.pem"),
-              auth={"relayuser": "s3cret with spaces"}) as sink:
+    with tls_sink(tmp_path, auth={"relayuser": "s3cret with spaces"}) as sink:
         etc = _relay_setup(tmp_path, sink)
         spool = tmp_path / "spool"
         spool_message(spool, "alice@example.test", ["far@away.test"])
@@ -88,9 +84,7 @@ def test_credentials_file_made_loose_is_refused_on_reload(tmp_path):
     import signal
     import time
 
-    etc = tmp_path / "etc"
-    with Sink("127.0.0.3", certfile=str(etc / "cert.pem"), keyfile=str(etc / "key.pem"),
-              auth={"relayuser": "s3cret with spaces"}) as sink:
+    with tls_sink(tmp_path, auth={"relayuser": "s3cret with spaces"}) as sink:
         etc = _relay_setup(tmp_path, sink)
         spool = tmp_path / "spool"
         q = start_queue(etc)
@@ -110,9 +104,7 @@ def test_credentials_file_made_loose_is_refused_on_reload(tmp_path):
 
 
 def test_tls_verify_checks_name_and_chain(tmp_path):
-    etc = tmp_path / "etc"
-    with DnsServer({"mail.example.test": {"A": ["127.0.0.3"]}}) as dns, \
-            Sink("127.0.0.3", certfile=str(etc / "cert.pem"), keyfile=str(etc / "key.pem")) as sink:
+    with DnsServer({"mail.example.test": {"A": ["127.0.0.3"]}}) as dns, tls_sink(tmp_path) as sink:
         dns_yaml = f"dns:\n  nameservers: [127.0.0.1]\n  port: {dns.port}\n"
         etc = mta_config(tmp_path, f"""
             transports:

@@ -12,7 +12,8 @@ import time
 from common.spool import Handoff, HandoffResult, Recipient, Spool, parse, write_handoff_results
 from tests.support import free_port, wait_for
 
-from .queue_sink import Sink, mta_config, spool_files, spool_message, start_queue
+from .queue_sink import (Sink, mta_config, sink_config, sink_scanned_hourly, spool_files, spool_message,
+                         start_queue)
 
 
 def _local_dsns(spool_root):
@@ -33,9 +34,7 @@ def _status_part(dsn) -> str:
 
 def test_lifetime_expiry_bounces_in_rfc3464_form_with_one_delay_warning(tmp_path):
     port = free_port("127.0.0.3")      # nothing listens: every attempt fails
-    etc = mta_config(tmp_path, f"""
-        transports:
-          "*": "smtp:[127.0.0.3]:{port}"
+    etc = sink_config(tmp_path, port, """
         tls: none
         retry_first: 0.5s
         retry_max: 1s
@@ -83,9 +82,7 @@ def test_lifetime_expiry_bounces_in_rfc3464_form_with_one_delay_warning(tmp_path
 def test_null_sender_never_bounces_and_double_bounce_goes_to_postmaster(tmp_path):
     with Sink("127.0.0.3", refuse={"gone@remote.test": "550 5.1.1 gone",
                                    "alsogone@remote.test": "550 5.1.1 gone too"}) as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
+        etc = sink_config(tmp_path, sink.port, """
             tls: none
             postmaster: postmaster@example.test
         """)
@@ -145,11 +142,7 @@ def test_mda_handoff_results_applied_and_permanent_failures_bounced(tmp_path):
 
 def test_corrupt_file_goes_to_corrupt_and_the_rest_moves(tmp_path):
     with Sink("127.0.0.3") as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
-            tls: none
-        """)
+        etc = sink_config(tmp_path, sink.port)
         spool = tmp_path / "spool"
         Spool(spool, create=True)
         (spool / "incoming" / "0660D3000000000000BAD0").write_bytes(b"POSTROOM-SPOOL 1\nE 5\nnope")
@@ -165,9 +158,7 @@ def test_corrupt_file_goes_to_corrupt_and_the_rest_moves(tmp_path):
 
 def test_sigkill_mid_delivery_then_restart_delivers_nothing_twice(tmp_path):
     with Sink("127.0.0.3", data_delay=0.4) as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
+        etc = sink_config(tmp_path, sink.port, """
             tls: none
             max_per_destination: 2
             retry_first: 0.5s
@@ -236,11 +227,7 @@ def test_destination_down_is_backed_off_as_a_whole_then_postroom_receives(tmp_pa
 
 def test_sigterm_lets_a_delivery_in_flight_finish(tmp_path):
     with Sink("127.0.0.3", data_delay=1.5) as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
-            tls: none
-        """)
+        etc = sink_config(tmp_path, sink.port)
         spool = tmp_path / "spool"
         q = start_queue(etc)
         try:
@@ -293,9 +280,7 @@ def test_bounce_that_cannot_be_delivered_is_dropped_after_bounce_lifetime(tmp_pa
     bounce_lifetime (not max_lifetime) it is logged and dropped; no double bounce
     without a postmaster, and a normal message stays queued."""
     port = free_port("127.0.0.3")       # nothing listens
-    etc = mta_config(tmp_path, f"""
-        transports:
-          "*": "smtp:[127.0.0.3]:{port}"
+    etc = sink_config(tmp_path, port, """
         tls: none
         retry_first: 0.3s
         retry_max: 0.5s
@@ -362,14 +347,7 @@ def test_fresh_mail_is_picked_up_without_waiting_for_a_scan(tmp_path):
     destination well within the one-second safety scan."""
     import random
 
-    with Sink("127.0.0.3") as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
-            tls: none
-            scan_interval: 1h
-        """)
-        spool = tmp_path / "spool"
+    with sink_scanned_hourly(tmp_path) as (sink, etc, spool):
         q = start_queue(etc)
         try:
             spool_message(spool, "alice@example.test", ["warmup@remote.test"])

@@ -13,7 +13,7 @@ from pathlib import Path
 from common.spool import DEFERRED, Recipient, Spool, status_record
 from tests.support import wait_for
 
-from .queue_sink import Sink, mta_config, spool_files, spool_message, start_queue
+from .queue_sink import mta_config, sink_scanned_hourly, spool_files, spool_message, start_queue
 
 BIN = Path(sys.executable).parent
 
@@ -147,14 +147,7 @@ def test_active_messages_are_reported_while_the_manager_runs_and_acted_on_when_i
 
 
 def test_flush_by_id_retries_only_that_message(tmp_path):
-    with Sink("127.0.0.3") as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
-            tls: none
-            scan_interval: 1h
-        """)
-        spool = tmp_path / "spool"
+    with sink_scanned_hourly(tmp_path) as (sink, etc, spool):
         one = deferred_message(spool, "bob@remote.test")
         two = deferred_message(spool, "carol@remote.test")
         held = deferred_message(spool, "dave@remote.test")
@@ -181,14 +174,7 @@ def test_flush_by_id_retries_only_that_message(tmp_path):
 
 
 def test_flush_forces_an_attempt_now(tmp_path):
-    with Sink("127.0.0.3") as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
-            tls: none
-            scan_interval: 1h
-        """)
-        spool = tmp_path / "spool"
+    with sink_scanned_hourly(tmp_path) as (sink, etc, spool):
         qid = deferred_message(spool, "bob@remote.test")
         q = start_queue(etc)
         try:

@@ -8,13 +8,11 @@ import email.policy
 from common.spool import Recipient, parse
 from tests.support import wait_for
 
-from .queue_sink import Sink, mta_config, spool_files, spool_message, start_queue
+from .queue_sink import Sink, mta_config, sink_config, spool_files, spool_message, start_queue, tls_sink
 
 
 def test_transport_map_delivery_with_starttls_and_bounce(tmp_path):
-    etc = tmp_path / "etc"
-    with Sink("127.0.0.3", certfile=str(etc / "cert.pem"), keyfile=str(etc / "key.pem"),
-              refuse={"nobody@remote.test": "550 5.1.1 No such user here"}) as sink:
+    with tls_sink(tmp_path, refuse={"nobody@remote.test": "550 5.1.1 No such user here"}) as sink:
         etc = mta_config(tmp_path, f"""
             transports:
               remote.test: "smtp:[127.0.0.3]:{sink.port}"
@@ -62,9 +60,7 @@ def test_retries_while_down_then_delivers(tmp_path):
     from tests.support import free_port
 
     port = free_port("127.0.0.3")
-    etc = mta_config(tmp_path, f"""
-        transports:
-          "*": "smtp:[127.0.0.3]:{port}"
+    etc = sink_config(tmp_path, port, """
         tls: none
         retry_first: 1s
         retry_max: 2s
@@ -119,11 +115,7 @@ def test_smtputf8_and_size_refusals_bounce_with_their_codes(tmp_path):
     from .test_queue_lifecycle import _local_dsns, _status_part
 
     with Sink("127.0.0.3", extensions=("PIPELINING", "8BITMIME", "SIZE 1000", "DSN")) as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
-            tls: none
-        """)
+        etc = sink_config(tmp_path, sink.port)
         spool = tmp_path / "spool"
         q = start_queue(etc)
         try:

@@ -13,15 +13,13 @@ from pathlib import Path
 from common.spool import parse
 from tests.support import require, require_tool, wait_for
 
-from .queue_sink import Sink, mta_config, spool_files, start_queue
+from .queue_sink import Sink, sink_config, sink_scanned_hourly, spool_files, start_queue
 
 BIN = Path(sys.executable).parent
 
 
 def _setup(tmp_path, sink_port):
-    return mta_config(tmp_path, f"""
-        transports:
-          "*": "smtp:[127.0.0.3]:{sink_port}"
+    return sink_config(tmp_path, sink_port, """
         tls: none
         sendmail_domain: example.test
     """)
@@ -134,9 +132,7 @@ def test_local_recipients_expanded_through_aliases(tmp_path):
     from common.spool import Handoff
 
     with Sink("127.0.0.3") as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
+        etc = sink_config(tmp_path, sink.port, """
             tls: none
             sendmail_domain: example.test
         """, "recipients:\n  aliases_file: aliases\n")
@@ -189,14 +185,7 @@ def test_help_r_oi_bm_and_bp(tmp_path):
 def test_q_retries_deferred_mail_now(tmp_path):
     from .test_queue_tool import deferred_message
 
-    with Sink("127.0.0.3") as sink:
-        etc = mta_config(tmp_path, f"""
-            transports:
-              "*": "smtp:[127.0.0.3]:{sink.port}"
-            tls: none
-            scan_interval: 1h
-        """)
-        spool = tmp_path / "spool"
+    with sink_scanned_hourly(tmp_path) as (sink, etc, spool):
         deferred_message(spool, "bob@remote.test")     # next attempt an hour away
         q = start_queue(etc)
         try:

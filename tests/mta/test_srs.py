@@ -15,7 +15,7 @@ import pytest
 from mta.srs import Srs
 from tests.support import free_port, require_tool, wait_for, wait_for_port
 
-from .queue_sink import PostroomMta, Sink
+from .queue_sink import PostroomMta, Sink, receiving_mta_yaml
 
 SECRET = b"correct horse battery staple"
 DAY = 86400
@@ -119,45 +119,27 @@ def world(tmp_path_factory):
     secret.write_bytes(SECRET + b"\n")
     secret.chmod(0o600)
     with refusing, senders:
-        a = PostroomMta(tmp / "a", A_HOST, ["a.test"], {"alice@a.test": "pw"}, f"""\
-listeners:
-  mx:
-    endpoint: tcp:{a_port}:interface={A_HOST}
-    role: mx
-    tls: starttls
-    checks: false
-receive_processes: 1
-recipients:
-  aliases_file: aliases
-queue:
-  tls: none
-  bind_address: {A_HOST}
-  retry_first: 1h
-  transports:
-    b.test: "smtp:[{B_HOST}]:{b_port}"
-    c.test: "smtp:[{SINK_HOST}]:{senders.port}"
-  srs:
-    domain: srs.a.test
-    secret_file: {secret}
-""")
+        a = PostroomMta(tmp / "a", A_HOST, ["a.test"], {"alice@a.test": "pw"},
+                        receiving_mta_yaml(A_HOST, a_port, queue=f"""\
+tls: none
+bind_address: {A_HOST}
+retry_first: 1h
+transports:
+  b.test: "smtp:[{B_HOST}]:{b_port}"
+  c.test: "smtp:[{SINK_HOST}]:{senders.port}"
+srs:
+  domain: srs.a.test
+  secret_file: {secret}
+"""))
         (a.etc / "aliases").write_text("fwd: bob@b.test\nfwdbounce: bounceme@b.test\n")
-        b = PostroomMta(tmp / "b", B_HOST, ["b.test"], {"bob@b.test": "pw"}, f"""\
-listeners:
-  mx:
-    endpoint: tcp:{b_port}:interface={B_HOST}
-    role: mx
-    tls: starttls
-    checks: false
-receive_processes: 1
-recipients:
-  aliases_file: aliases
-queue:
-  tls: none
-  retry_first: 1h
-  transports:
-    d.test: "smtp:[{SINK_HOST}]:{refusing.port}"
-    srs.a.test: "smtp:[{A_HOST}]:{a_port}"
-""")
+        b = PostroomMta(tmp / "b", B_HOST, ["b.test"], {"bob@b.test": "pw"},
+                        receiving_mta_yaml(B_HOST, b_port, queue=f"""\
+tls: none
+retry_first: 1h
+transports:
+  d.test: "smtp:[{SINK_HOST}]:{refusing.port}"
+  srs.a.test: "smtp:[{A_HOST}]:{a_port}"
+"""))
         (b.etc / "aliases").write_text("bounceme: gone@d.test\n")
         b.start(b_port)
         a.start(a_port)
