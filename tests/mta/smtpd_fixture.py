@@ -62,6 +62,13 @@ class MtaInstance:
         return {qid for q in ("incoming", "active", "deferred", "hold") for qid in self.spool.list(q)}
 
 
+def listener(name: str, port: int, role: str = "mx", tls: str = "starttls", **settings: str) -> str:
+    """One entry of `listeners:` on 127.0.0.1 (indented for start_mta's listeners=);
+    settings are more lines of it, their values written as given."""
+    return (f"  {name}:\n    endpoint: tcp:{port}:interface=127.0.0.1\n    role: {role}\n    tls: {tls}\n"
+            + "".join(f"    {key}: {value}\n" for key, value in settings.items()))
+
+
 def start_mta(tmp: Path, extra_yaml: str = "", core_extra: str = "", listeners: str | None = None,
               aliases: str = ALIASES, wait: bool = True, recipients_yaml: str = "") -> MtaInstance:
     """A postroom-mta process on free loopback ports. listeners replaces the three
@@ -71,20 +78,8 @@ def start_mta(tmp: Path, extra_yaml: str = "", core_extra: str = "", listeners: 
     ports = {"mx": free_port(), "submission": free_port(), "submissions": free_port()}
     listeners_given = listeners is not None
     if listeners is None:
-        listeners = f"""\
-  mx:
-    endpoint: tcp:{ports['mx']}:interface=127.0.0.1
-    role: mx
-    tls: starttls
-  submission:
-    endpoint: tcp:{ports['submission']}:interface=127.0.0.1
-    role: submission
-    tls: starttls
-  submissions:
-    endpoint: tcp:{ports['submissions']}:interface=127.0.0.1
-    role: submission
-    tls: implicit
-"""
+        listeners = (listener("mx", ports["mx"]) + listener("submission", ports["submission"], "submission")
+                     + listener("submissions", ports["submissions"], "submission", "implicit"))
     if "queue:" not in extra_yaml:
         # Remote mail waits in deferred/ (nothing listens on port 1) so tests can read it.
         extra_yaml += 'queue:\n  transports:\n    "*": "smtp:[127.0.0.1]:1"\n'
@@ -108,6 +103,14 @@ def queue_id_of(reply_text: str | bytes) -> str:
     m = re.search(r"queued as ([0-9A-F]+)", reply_text)
     assert m, reply_text
     return m.group(1)
+
+
+def greeted(port: int, source: str | None = None) -> "RawClient":
+    """A RawClient (from source) whose greeting was read: 220."""
+    c = RawClient(port, source=source)
+    code, text = c.reply()
+    assert code == 220, (code, text)
+    return c
 
 
 class RawClient:

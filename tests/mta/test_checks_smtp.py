@@ -11,9 +11,9 @@ import pytest
 
 from common.proxyproto import V2_SIGNATURE
 from tests.support import free_port, wait_for_port
-from tests.support.dnsserver import DnsServer
+from tests.support.dnsserver import dns_server_fixture
 
-from .smtpd_fixture import RawClient, queue_id_of, start_mta
+from .smtpd_fixture import RawClient, listener, queue_id_of, start_mta
 from .test_checks_data import dkim_key, message, signed
 
 RECORDS = {
@@ -30,10 +30,7 @@ RECORDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def dns_server():
-    with DnsServer(RECORDS) as server:
-        yield server
+dns_server = dns_server_fixture(RECORDS)
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +54,9 @@ checks:
 def proxied_mta(tmp_path_factory, dns_server):
     """An MX listener behind HAProxy: PROXY headers believed from 127.0.0.1 only."""
     port = free_port()
-    inst = start_mta(tmp_path_factory.mktemp("mta-proxied"), listeners=f"""\
-  mx:
-    endpoint: tcp:{port}:interface=127.0.0.1
-    role: mx
-    tls: none
-    proxy_protocol: true
-    proxy_from: [127.0.0.1]
-""", extra_yaml=f"""\
+    inst = start_mta(tmp_path_factory.mktemp("mta-proxied"),
+                     listeners=listener("mx", port, tls="none", proxy_protocol="true", proxy_from="[127.0.0.1]"),
+                     extra_yaml=f"""\
 dns:
   nameservers: [127.0.0.1]
   port: {dns_server.port}

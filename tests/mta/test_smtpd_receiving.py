@@ -17,9 +17,9 @@ import pytest
 
 from common.proxyproto import V2_SIGNATURE
 from tests.support import free_port, wait_for_port
-from tests.support.dnsserver import DnsServer
+from tests.support.dnsserver import dns_server_fixture
 
-from .smtpd_fixture import RawClient, client_tls_context, queue_id_of, start_mta
+from .smtpd_fixture import RawClient, client_tls_context, greeted, listener, queue_id_of, start_mta
 
 MSG = b"From: a@example.org\r\nTo: alice@example.test\r\nSubject: receiving\r\n\r\nHello.\r\n"
 FORGED = (b"Authentication-Results: mail.example.test; dmarc=pass header.from=example.test\r\n"
@@ -36,43 +36,20 @@ RECORDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def dns_server():
-    with DnsServer(RECORDS) as server:
-        yield server
+dns_server = dns_server_fixture(RECORDS)
 
 
 @pytest.fixture(scope="module")
 def mta(tmp_path_factory, dns_server):
     ports = {name: free_port() for name in ("mx", "nochecks", "submission", "proxied", "untrusted")}
-    inst = start_mta(tmp_path_factory.mktemp("receiving"), listeners=f"""\
-  mx:
-    endpoint: tcp:{ports['mx']}:interface=127.0.0.1
-    role: mx
-    tls: starttls
-  nochecks:
-    endpoint: tcp:{ports['nochecks']}:interface=127.0.0.1
-    role: mx
-    tls: none
-    checks: false
-  submission:
-    endpoint: tcp:{ports['submission']}:interface=127.0.0.1
-    role: submission
-    tls: starttls
-  proxied:
-    endpoint: tcp:{ports['proxied']}:interface=127.0.0.1
-    role: mx
-    tls: none
-    checks: false
-    proxy_protocol: true
-    proxy_from: [127.0.0.1]
-  untrusted:
-    endpoint: tcp:{ports['untrusted']}:interface=127.0.0.1
-    role: mx
-    tls: none
-    proxy_protocol: true
-    proxy_from: [127.0.0.9]
-""", recipients_yaml="  trusted_networks: [127.0.0.2/32]\n  vrfy: true\n", extra_yaml=f"""\
+    inst = start_mta(tmp_path_factory.mktemp("receiving"), listeners=(
+        listener("mx", ports["mx"])
+        + listener("nochecks", ports["nochecks"], tls="none", checks="false")
+        + listener("submission", ports["submission"], "submission")
+        + listener("proxied", ports["proxied"], tls="none", checks="false", proxy_protocol="true",
+                   proxy_from="[127.0.0.1]")
+        + listener("untrusted", ports["untrusted"], tls="none", proxy_protocol="true", proxy_from="[127.0.0.9]")
+    ), recipients_yaml="  trusted_networks: [127.0.0.2/32]\n  vrfy: true\n", extra_yaml=f"""\
 dns:
   nameservers: [127.0.0.1]
   port: {dns_server.port}
@@ -85,13 +62,6 @@ limits:
         wait_for_port(port, proc=inst.daemon.proc)
     yield inst
     inst.daemon.stop()
-
-
-def greeted(port: int, source: str = "127.0.0.1") -> RawClient:
-    c = RawClient(port, source=source)
-    code, _ = c.reply()
-    assert code == 220
-    return c
 
 
 def send(port: int, data: bytes = MSG, source: str = "127.0.0.1", helo: str = "client.example",

@@ -128,6 +128,19 @@ class DnsServerMixin:
         super().tearDownClass()
 
 
+def dns_server_fixture(records: dict):
+    """For a pytest module: one server for the module's tests, with records, as the
+    fixture the name is bound to (`dns_server = dns_server_fixture(RECORDS)`)."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def dns_server():
+        with DnsServer(records) as server:
+            yield server
+
+    return dns_server
+
+
 # -- the server process ------------------------------------------------------
 
 
