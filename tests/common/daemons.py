@@ -14,11 +14,10 @@ empty server on loopback, never to the machine's resolver.
 
 from __future__ import annotations
 
-import socket
 import ssl
 from pathlib import Path
 
-from tests.support import Daemon, free_port
+from tests.support import Daemon, LineSocket, free_port
 from tests.support.config import base_config
 
 #: daemon -> (module run as the process, its file)
@@ -77,26 +76,13 @@ def tls_context() -> ssl.SSLContext:
     return ctx
 
 
-class LineClient:
+class LineClient(LineSocket):
     """Exact bytes out, CRLF lines in; STARTTLS on the same socket."""
 
     def __init__(self, port: int, timeout: float = 15.0, implicit: bool = False):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        super().__init__(port, timeout)
         if implicit:
             self.sock = tls_context().wrap_socket(self.sock)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed by the server; buffered {self.buf!r}")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
 
     def smtp_reply(self) -> list[bytes]:
         """The lines of one SMTP reply (multi-line aware)."""
@@ -117,6 +103,3 @@ class LineClient:
         read past the go-ahead would be plaintext the server sent unasked."""
         assert self.buf == b"", f"the server sent more in clear after its go-ahead: {self.buf!r}"
         self.sock = tls_context().wrap_socket(self.sock)
-
-    def close(self) -> None:
-        self.sock.close()

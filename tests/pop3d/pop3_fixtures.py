@@ -4,12 +4,11 @@ the users' maildirs, and a raw line-based client for what poplib cannot send."""
 from __future__ import annotations
 
 import poplib
-import socket
 import ssl
 from pathlib import Path
 
 from common.storage import MailStore
-from tests.support import Daemon, free_port
+from tests.support import Daemon, LineSocket, free_port
 from tests.support.config import base_config
 
 PASSWORD = "postroom"
@@ -49,29 +48,25 @@ def store_for(tmp_path: Path, user: str) -> MailStore:
     return MailStore(maildir(tmp_path, user))
 
 
-class LineClient:
+def store_with(tmp_path: Path, user: str, count: int, body: str = "x") -> MailStore:
+    """The user's store with count messages delivered, "Subject: <i>" over body (in
+    which "{i}" stands for i)."""
+    store = store_for(tmp_path, user)
+    for i in range(count):
+        store.deliver(f"Subject: {i}\n\n{body.format(i=i)}\n".encode())
+    return store
+
+
+class LineClient(LineSocket):
     """A raw POP3 client: send exact bytes, read replies (optionally through STLS)."""
 
     def __init__(self, port: int, implicit_tls: bool = False, timeout: float = 10.0, prelude: bytes = b""):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        super().__init__(port, timeout)
         if prelude:  # a PROXY protocol header, say
             self.sock.sendall(prelude)
         if implicit_tls:
             self.sock = tls_context().wrap_socket(self.sock)
-        self.buf = b""
         self.greeting = self.line()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed; buffered {self.buf!r}")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
 
     def multiline(self) -> list[bytes]:
         lines = []
@@ -93,9 +88,6 @@ class LineClient:
             return self.sock.recv(1) == b""
         except (ConnectionError, ssl.SSLError):
             return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def login(port: int, user: str, tls: str = "stls") -> poplib.POP3:

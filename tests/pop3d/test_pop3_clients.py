@@ -22,7 +22,7 @@ from common.storage import INBOX, MailStore
 from common.users import UserDB
 from tests.support import ROOT, Daemon, require_tool
 
-from .pop3_fixtures import PASSWORD, LineClient, login, pop3d_config, start, store_for, tls_context
+from .pop3_fixtures import PASSWORD, LineClient, login, pop3d_config, start, store_for, store_with, tls_context
 
 TWISTED_CLIENT = textwrap.dedent("""
     import json, sys
@@ -215,23 +215,17 @@ def test_proxy_protocol_address_decides_the_plaintext_rule(tmp_path):
 def test_uidl_format_and_max_messages(tmp_path):
     etc, pop3, pop3s = pop3d_config(tmp_path, extra='uidl_format: "%v.%u"\nmax_messages: 2\n')
     user = "carol@example.test"
-    store = store_for(tmp_path, user)
-    for i in range(3):
-        store.deliver(f"Subject: {i}\n\nx\n".encode())
+    store = store_with(tmp_path, user, 3)
     daemon = start(etc, pop3, pop3s)
     try:
-        client = poplib.POP3("127.0.0.1", pop3, timeout=10)
-        client.user(user)
-        client.pass_(PASSWORD)
+        client = login(pop3, user, tls="none")
         box = store.open_mailbox(INBOX, readonly=True)
         assert client.uidl()[1] == [f"{n} {box.uidvalidity}.{n}".encode() for n in (1, 2)]
         assert client.stat()[0] == 2  # the oldest two; the third waits for the next session
         client.dele(1)
         client.dele(2)
         client.quit()
-        client = poplib.POP3("127.0.0.1", pop3, timeout=10)
-        client.user(user)
-        client.pass_(PASSWORD)
+        client = login(pop3, user, tls="none")
         assert client.stat()[0] == 1 and client.retr(1)[1][0] == b"Subject: 2"
         assert client.uidl()[1] == [f"1 {box.uidvalidity}.3".encode()]
         client.quit()
@@ -242,9 +236,7 @@ def test_uidl_format_and_max_messages(tmp_path):
 def test_mark_seen_false_leaves_retrieved_mail_unseen(tmp_path):
     etc, pop3, pop3s = pop3d_config(tmp_path, extra="mark_seen: false\n")
     user = "dave@example.test"
-    store = store_for(tmp_path, user)
-    for i in range(3):
-        store.deliver(f"Subject: {i}\n\nx\n".encode())
+    store = store_with(tmp_path, user, 3)
     daemon = start(etc, pop3, pop3s)
     try:
         client = login(pop3, user, tls="none")

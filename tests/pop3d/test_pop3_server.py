@@ -12,7 +12,8 @@ import pytest
 from common.storage import INBOX
 from tests.support import wait_for
 
-from .pop3_fixtures import PASSWORD, LineClient, login, maildir, pop3d_config, start, store_for, tls_context
+from .pop3_fixtures import (PASSWORD, LineClient, login, maildir, pop3d_config, start, store_for, store_with,
+                            tls_context)
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +128,7 @@ def test_second_session_in_use_while_imap_works(server):
 def test_dele_quit_is_an_expunge_for_an_open_imap_session(server):
     tmp, pop3, _ = server
     user = "dave@example.test"
-    store = store_for(tmp, user)
-    for i in range(3):
-        store.deliver(f"Subject: {i}\n\nx\n".encode())
+    store = store_with(tmp, user, 3)
     imap_side = store.open_mailbox(INBOX)
     assert [m.uid for m in imap_side.messages] == [1, 2, 3]
     client = login(pop3, user)
@@ -144,9 +143,7 @@ def test_dele_quit_is_an_expunge_for_an_open_imap_session(server):
 def test_dele_then_dropped_connection_removes_nothing(server):
     tmp, pop3, _ = server
     user = "erin@example.test"
-    store = store_for(tmp, user)
-    for i in range(2):
-        store.deliver(f"Subject: {i}\n\nx\n".encode())
+    store = store_with(tmp, user, 2)
     client = LineClient(pop3)
     assert client.cmd(f"USER {user}").startswith(b"+OK")
     assert client.cmd(f"PASS {PASSWORD}").startswith(b"+OK")
@@ -213,9 +210,7 @@ def test_dot_stuffing_on_the_wire(server):
 def test_pipelined_commands_answered_in_order(server):
     tmp, pop3, _ = server
     user = "ivan@example.test"
-    store = store_for(tmp, user)
-    for i in range(3):
-        store.deliver(f"Subject: {i}\n\nbody {i}\n".encode())
+    store_with(tmp, user, 3, "body {i}")
     client = LineClient(pop3)
     client.send(f"USER {user}\r\nPASS {PASSWORD}\r\nSTAT\r\nRETR 1\r\nRETR 2\r\nLIST 3\r\nNOOP\r\nQUIT\r\n".encode())
     assert client.line().startswith(b"+OK")  # USER

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import Daemon, free_port
 
-from .pop3_fixtures import PASSWORD, login, pop3d_config, start, store_for
+from .pop3_fixtures import PASSWORD, login, pop3d_config, start, store_with
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +54,7 @@ def bodies(imap: imaplib.IMAP4) -> dict[int, bytes]:
 def test_dele_then_quit_reaches_an_open_imap_session_as_expunges(servers):
     tmp, pop3, imap_port = servers
     user = "alice@example.test"
-    store = store_for(tmp, user)
-    for i in range(4):
-        store.deliver(f"Subject: {i}\n\nbody {i}\n".encode())
+    store_with(tmp, user, 4, "body {i}")
     imap = imap_login(imap_port, user)
     assert imap.select("INBOX") == ("OK", [b"4"])
     uidvalidity = int(imap.response("UIDVALIDITY")[1][0])
@@ -82,9 +80,7 @@ def test_dele_then_quit_reaches_an_open_imap_session_as_expunges(servers):
 def test_imap_works_while_pop3_holds_the_lock(servers):
     tmp, pop3, imap_port = servers
     user = "bob@example.test"
-    store = store_for(tmp, user)
-    for i in range(3):
-        store.deliver(f"Subject: {i}\n\nbody {i}\n".encode())
+    store_with(tmp, user, 3, "body {i}")
     client = login(pop3, user, tls="none")
     # A second POP3 session is refused, IMAP is not.
     second = poplib.POP3("127.0.0.1", pop3, timeout=10)

@@ -1,5 +1,5 @@
 """Test support shared by every package's tests: ports, required tools, config
-directories, and daemons run as real processes.
+directories, a raw line client, and daemons run as real processes.
 
 Under CI=true a missing tool or peer is a failure, never a skip (`require`).
 """
@@ -63,6 +63,30 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class LineSocket:
+    """A TCP connection to host: exact bytes out, CRLF-terminated lines in."""
+
+    def __init__(self, port: int, timeout: float, host: str = "127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        """The next line, without its CRLF."""
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed by the server; buffered {self.buf!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class Daemon:
