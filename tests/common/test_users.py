@@ -174,7 +174,7 @@ def test_reference_hash_is_of_the_kind_most_users_have(tmp_path):
     bcrypt5 = "{BLF-CRYPT}$2y$05$pSn/pY0tX0VTMh0lT9YD5uJmYAEbfj/9uhiWVgxnGUOhk8bamyR8O"
     bcrypt10 = "$2y$10$7ykmDfcjOp0a.5fTKucXNOaPTdZW4OO7P.yC5gEdPzblwtxweWfve"
     argon = "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$Z5vzSlD8LMr2VutF4Xm4zA$ZeFQ8IFYFjSlXRYOGxtqHDKJ7JPugvAOeJ9MSz2g+j0"
-    lines = [f"p@x:{{PLAIN}}pw", f"a@x:{SHA}", f"b@x:{bcrypt5}", f"c@x:{bcrypt10}", f"d@x:{bcrypt10}",
+    lines = ["p@x:{PLAIN}pw", f"a@x:{SHA}", f"b@x:{bcrypt5}", f"c@x:{bcrypt10}", f"d@x:{bcrypt10}",
              f"e@x:{argon}", "f@x:{MD5}abc", "g@x:"]
     db = UserDB(write(tmp_path, "\n".join(lines) + "\n"))
     assert db.reference_hash() == bcrypt10

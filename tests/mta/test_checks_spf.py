@@ -12,7 +12,6 @@ from common.config import Config
 from common.config.core import PostroomConfig
 from common.config.loader import parse_text
 from common.config.mta import MtaConfig
-from common.dns import Resolver
 from common.errors import PermanentError, TemporaryError
 from mta.checks import MessageChecks
 from mta.checks.spf import SpfResult

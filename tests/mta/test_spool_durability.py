@@ -11,7 +11,7 @@ import time
 import pytest
 
 from common import spool as spoolmod
-from tests.support import require, wait_for_port
+from tests.support import require
 
 from .smtpd_fixture import RawClient, queue_id_of, start_mta
 
