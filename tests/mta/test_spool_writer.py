@@ -4,6 +4,8 @@ written by few threads, every store answered with its own outcome."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from twisted.internet import defer, reactor
@@ -20,7 +22,9 @@ def envelope(n: int) -> spoolmod.Envelope:
 
 class SpoolWriterTests(unittest.TestCase):
     def writer(self, threads: int) -> SpoolWriter:
-        spool = spoolmod.Spool(Path(self.mktemp()), create=True)
+        tmp = tempfile.mkdtemp(prefix="spool-writer-")  # trial's mktemp would write into the checkout
+        self.addCleanup(shutil.rmtree, tmp, True)
+        spool = spoolmod.Spool(Path(tmp), create=True)
         commits: list[int] = []
         writer = SpoolWriter(spool, reactor, threads=threads, on_commit=commits.append)
         writer.commits = commits
