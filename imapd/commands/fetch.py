@@ -147,8 +147,11 @@ def _fetch(conn, tag, r, uid_mode: bool):
         if uid in seen_now:
             if not wants_flags:
                 parts.append(b"FLAGS " + sel.flags_response(uid))
+            # an implicit \Seen once CONDSTORE is on: UID and MODSEQ too (RFC 7162 3.1)
             if sel.condstore and not any(a.name == "MODSEQ" for a in atts):
                 parts.append(b"MODSEQ (%d)" % sel.modseq_of(uid))
+            if sel.condstore and not any(a.name == "UID" for a in atts):
+                parts.insert(0, b"UID %d" % uid)
         conn.send(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
     if missing:
         return Done("Some messages were expunged", "EXPUNGEISSUED", status="NO")

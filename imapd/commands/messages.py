@@ -136,7 +136,8 @@ def _store(conn, tag, r, uid_mode: bool):
     for seq, uid in pairs:
         if sel.message(uid) is None or uid in failed:
             continue
-        uid_item = b"UID %d " % uid if uid_mode else b""
+        # Once CONDSTORE is on, STORE's FETCH responses carry UID and MODSEQ (RFC 7162 3.1).
+        uid_item = b"UID %d " % uid if uid_mode or sel.condstore else b""
         if not silent:
             modseq = b" MODSEQ (%d)" % sel.modseq_of(uid) if sel.condstore else b""
             conn.send(b"* %d FETCH (%sFLAGS %s%s)\r\n" % (seq, uid_item, sel.flags_response(uid), modseq))
