@@ -127,19 +127,23 @@ def _store(conn, tag, r, uid_mode: bool):
     uids = [uid for _seq, uid in pairs if uid not in sel.pending_expunged]
     failed: set[int] = set()
     changed: set[int] = set()
+    surprising: set[int] = set()
     if uids:
-        before = {uid: sel.modseq_of(uid) for uid in uids}
+        before = {uid: sel.message(uid) for uid in uids}
         updated, failed_uids = sel.mailbox.store_if_unchanged(uids, flags, mode, unchanged_since)
         failed = set(failed_uids)
         sel.note_own_flags(updated)
-        changed = {m.uid for m in updated if m.modseq != before.get(m.uid)}
+        changed = {m.uid for m in updated if m.modseq != before[m.uid].modseq}
+        surprising = {m.uid for m in updated if _unexpected(before[m.uid].flags, m.flags, flags, mode)}
     for seq, uid in pairs:
         if sel.message(uid) is None or uid in failed:
             continue
         # Once CONDSTORE is on, STORE's FETCH responses carry UID and MODSEQ (RFC 7162 3.1).
         uid_item = b"UID %d " % uid if uid_mode or sel.condstore else b""
-        if not silent:
-            modseq = b" MODSEQ (%d)" % sel.modseq_of(uid) if sel.condstore else b""
+        modseq = b" MODSEQ (%d)" % sel.modseq_of(uid) if sel.condstore else b""
+        if not silent or uid in surprising:
+            # .SILENT leaves out the client's own change, never another session's
+            # (note_own_flags took it off the pending updates)
             conn.send(b"* %d FETCH (%sFLAGS %s%s)\r\n" % (seq, uid_item, sel.flags_response(uid), modseq))
         elif sel.condstore and uid in changed:
             # .SILENT leaves out FLAGS, not the new mod-sequence (RFC 7162 3.1.3)
@@ -148,6 +152,16 @@ def _store(conn, tag, r, uid_mode: bool):
         numbers = sorted(failed) if uid_mode else sorted(seq for seq, uid in pairs if uid in failed)
         return Done("Conditional STORE failed", f"MODIFIED {uid_set_text(numbers)}")
     return Done("Store completed")
+
+
+def _unexpected(told, now, flags, mode: str) -> bool:
+    """Whether a message's flags after a STORE differ from what the client expects from
+    the flags it was told and its own change (someone else changed them too, or a
+    keyword could not be stored)."""
+    have = {f.lower() for f in told}
+    wanted = {f.lower() for f in flags}
+    expected = have | wanted if mode == "add" else have - wanted if mode == "remove" else wanted
+    return expected != {f.lower() for f in now}
 
 
 @command("STORE", SELECTED, uses_seqs=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from .test_imap2_condstore import append, login
+from .test_imap2_condstore import append, login, modseqs
 
 
 def fetches(lines: list[bytes]) -> list[bytes]:
@@ -28,3 +28,23 @@ def test_store_and_implicit_seen_carry_uid_and_modseq_once_enabled(imapd):
     assert out[0] == b"* 1 FETCH (UID 1 BODY[TEXT] {8}", out
     assert re.fullmatch(rb" FLAGS \(\\Seen \\Recent\) MODSEQ \(\d+\)\)", out[2]), out
     c.cmd(b"z", b"LOGOUT")
+
+
+def test_silent_store_still_tells_what_another_session_changed(imapd):
+    # .SILENT leaves out the client's own change, not another session's: had it been
+    # left out, the client would hold the new MODSEQ with the old flags, and no
+    # CHANGEDSINCE from there would ever bring them.
+    a = login(imapd)
+    append(a, 2)
+    a.cmd(b"s", b"SELECT INBOX (CONDSTORE)")
+    b = login(imapd)
+    b.cmd(b"s", b"SELECT INBOX")
+    b.cmd(b"t", b"UID STORE 1 +FLAGS (\\Flagged)")
+    out = a.cmd(b"t", b"UID STORE 1 +FLAGS.SILENT (\\Seen)")
+    told = fetches(out)
+    assert any(b"\\Flagged" in line for line in told), out
+    highest = max(modseqs(told).values())
+    out = a.cmd(b"f", b"UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d)" % highest)
+    assert not fetches(out)
+    for c in (a, b):
+        c.cmd(b"z", b"LOGOUT")
