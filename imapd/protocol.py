@@ -370,8 +370,13 @@ class ImapConnection:
         if self.selected is not None and not self._closed:
             allow_expunge = spec is None or not spec.flags.uses_seqs
             mailbox_gone = not self._refresh_selected()
-            for line in self.selected.updates(allow_expunge):
+            sel = self.selected
+            for line in sel.updates(allow_expunge):
                 self.send(line)
+            if sel.qresync and sel.pending_expunged and not mailbox_gone:
+                # VANISHED held back while MODSEQs went out: a resynchronisation point
+                # below the held-back expunges (RFC 7162 3.2.10)
+                self.send(b"* OK [HIGHESTMODSEQ %d] Highest mailbox mod-sequence\r\n" % sel.told_modseq())
         code = f"[{result.code}] " if result.code else ""
         self.send(tag + f" {result.status} {code}{result.text}\r\n".encode("utf-8", "replace"))
         if mailbox_gone:
@@ -480,15 +485,14 @@ class ImapConnection:
     def enable_condstore(self) -> None:
         """A CONDSTORE enabling command (RFC 7162 3.1): from now on volunteered FETCH
         responses carry MODSEQ; a selected mailbox's HIGHESTMODSEQ is told at once
-        (the highest this session knows of, so nothing it has not seen is skipped)."""
+        (one up to which this session has told every change, so nothing is skipped)."""
         if "CONDSTORE" in self.enabled:
             return
         self.enabled.add("CONDSTORE")
         sel = self.selected
         if sel is not None:
             sel.condstore = True
-            highest = max((m.modseq for m in sel.known.values()), default=0)
-            self.send(b"* OK [HIGHESTMODSEQ %d] Highest mailbox mod-sequence\r\n" % highest)
+            self.send(b"* OK [HIGHESTMODSEQ %d] Highest mailbox mod-sequence\r\n" % sel.told_modseq())
 
     def _leave_selected(self) -> None:
         if self.selected is not None:

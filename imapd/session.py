@@ -9,7 +9,9 @@ a command that does not use sequence numbers (`CommandFlags`), so the numbers a
 client sent in FETCH, STORE, SEARCH or COPY still mean what it meant. Until an
 EXPUNGE is sent, the expunged message keeps its sequence number.
 
-Once CONDSTORE is enabled every FETCH the server volunteers carries MODSEQ.
+Once CONDSTORE is enabled every FETCH the server volunteers carries MODSEQ, and
+a HIGHESTMODSEQ told is one up to which every change has been sent: while an
+EXPUNGE or VANISHED is held back, one below it (`told_modseq`).
 
 Each command declares its flags in one table (like Dovecot's COMMAND_FLAG_*):
 `uses_seqs` (sequence numbers in its arguments or replies: no EXPUNGE may be sent
@@ -97,6 +99,12 @@ class SelectedMailbox:
         self._flag_bytes: dict[tuple, bytes] = {}
         self.condstore = False   # MODSEQ in every FETCH the server volunteers
         self.qresync = False     # VANISHED instead of EXPUNGE
+        # The mailbox's highest mod-sequence at the last sync: every change up to it
+        # has been taken in (and, but for expunges held back, told).
+        self.synced_modseq = mailbox.highest_modseq
+        # While expunges are held back: the value of synced_modseq before they were
+        # taken in, below the mod-sequence of each of them.
+        self.expunge_floor: int | None = None
 
     @property
     def name(self) -> str:
@@ -200,8 +208,20 @@ class SelectedMailbox:
 
     def refresh(self) -> None:
         """Take in what the storage saw change since the last look."""
+        before = self.synced_modseq
         changes = self.mailbox.sync()
         self.absorb(changes.new, changes.expunged, changes.flags)
+        if self.pending_expunged and self.expunge_floor is None:
+            self.expunge_floor = before
+        self.synced_modseq = self.mailbox.highest_modseq
+
+    def told_modseq(self) -> int:
+        """A HIGHESTMODSEQ the client may resynchronise from: every change up to it has
+        been sent, expunges included (RFC 7162 3.2.10: while a VANISHED is held back,
+        a value below its mod-sequence)."""
+        if self.pending_expunged and self.expunge_floor is not None:
+            return self.expunge_floor
+        return self.synced_modseq
 
     def absorb(self, new=(), expunged=(), flags=()) -> None:
         for uid in expunged:
@@ -248,6 +268,7 @@ class SelectedMailbox:
                 self.recent.discard(uid)
                 self.pending_flags.discard(uid)
             self.pending_expunged = set()
+            self.expunge_floor = None
         for m in self.pending_new.values():
             self.keywords.update(f for f in m.flags if not f.startswith("\\"))
         for uid in self.pending_flags:

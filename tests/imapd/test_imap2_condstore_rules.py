@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from .test_imap2_condstore import append, login, modseqs
+from .test_imap2_condstore import append, code, login, modseqs
 
 
 def fetches(lines: list[bytes]) -> list[bytes]:
@@ -48,3 +48,51 @@ def test_silent_store_still_tells_what_another_session_changed(imapd):
     assert not fetches(out)
     for c in (a, b):
         c.cmd(b"z", b"LOGOUT")
+
+
+def resync_point(lines: list[bytes], point: int) -> int:
+    """What a client keeps to resynchronise from after these responses: the last
+    HIGHESTMODSEQ it was given, or a higher MODSEQ seen after it."""
+    for line in lines:
+        m = re.search(rb"\[HIGHESTMODSEQ (\d+)\]", line)
+        if m:
+            point = int(m.group(1))
+        for m in re.finditer(rb"^\* \d+ FETCH \(.*MODSEQ \((\d+)\)", line):
+            point = max(point, int(m.group(1)))
+    return point
+
+
+def test_a_held_back_vanished_is_not_skipped_by_a_later_resync(imapd):
+    # RFC 7162 3.2.10 (RFC 5162 erratum 1810): while a VANISHED waits (STORE uses
+    # sequence numbers), MODSEQs sent meanwhile come with a HIGHESTMODSEQ below the
+    # expunge, so a client that loses the connection then still learns of it.
+    a = login(imapd)
+    append(a, 3)
+    a.cmd(b"e", b"ENABLE QRESYNC")
+    out = a.cmd(b"s", b"SELECT INBOX")
+    uidvalidity, point = code(out, b"UIDVALIDITY"), code(out, b"HIGHESTMODSEQ")
+    b = login(imapd)
+    b.cmd(b"s", b"SELECT INBOX")
+    b.cmd(b"d", b"UID STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.cmd(b"x", b"UID EXPUNGE 1")
+    out = a.cmd(b"t", b"STORE 2 +FLAGS (\\Seen)")
+    assert not any(b"VANISHED" in line for line in out)  # held back: STORE uses sequence numbers
+    point = resync_point(out, point)
+    a.sock.close()  # the connection is lost before the VANISHED is sent
+    c = login(imapd)
+    c.cmd(b"e", b"ENABLE QRESYNC")
+    out = c.cmd(b"s", b"SELECT INBOX (QRESYNC (%d %d))" % (uidvalidity, point))
+    assert b"* VANISHED (EARLIER) 1" in out, out
+    assert modseqs(out).keys() == {2}
+    for s in (b, c):
+        s.cmd(b"z", b"LOGOUT")
+
+
+def test_condstore_enabled_on_an_empty_mailbox_tells_a_valid_highestmodseq(imapd):
+    # mod-sequence-value is 1*DIGIT with 1 <= n (RFC 7162 7): never 0
+    c = login(imapd)
+    c.cmd(b"c", b"CREATE Empty")
+    c.cmd(b"s", b"SELECT Empty")
+    out = c.cmd(b"f", b"UID FETCH 1:* (MODSEQ)")
+    assert code(out, b"HIGHESTMODSEQ") >= 1, out
+    c.cmd(b"z", b"LOGOUT")
