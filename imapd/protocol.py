@@ -31,7 +31,7 @@ from typing import Callable
 from common.log import get_logger
 
 from .parser import Command, CommandFramer, Continue, Limits, ParseError, Refused, parse_command_head
-from .session import CommandFlags, SelectedMailbox
+from .session import CommandFlags, SelectedMailbox, UidValidityChanged
 
 
 class State(enum.Enum):
@@ -366,39 +366,43 @@ class ImapConnection:
     def finish(self, tag: bytes, spec: Spec | None, result) -> None:
         """Send the selected mailbox's pending updates (as the command's flags allow)
         and then the tagged reply."""
-        mailbox_gone = False
+        gone = None
         if self.selected is not None and not self._closed:
             allow_expunge = spec is None or not spec.flags.uses_seqs
-            mailbox_gone = not self._refresh_selected()
+            gone = self._refresh_selected()
             sel = self.selected
             for line in sel.updates(allow_expunge):
                 self.send(line)
-            if sel.qresync and sel.pending_expunged and not mailbox_gone:
+            if sel.qresync and sel.pending_expunged and gone is None:
                 # VANISHED held back while MODSEQs went out: a resynchronisation point
                 # below the held-back expunges (RFC 7162 3.2.10)
                 self.send(b"* OK [HIGHESTMODSEQ %d] Highest mailbox mod-sequence\r\n" % sel.told_modseq())
         code = f"[{result.code}] " if result.code else ""
         self.send(tag + f" {result.status} {code}{result.text}\r\n".encode("utf-8", "replace"))
-        if mailbox_gone:
-            self._mailbox_gone()
+        if gone is not None:
+            self._mailbox_gone(gone)
 
-    def _refresh_selected(self) -> bool:
-        """Sync the selected mailbox; False when it no longer exists."""
+    def _refresh_selected(self) -> bytes | None:
+        """Sync the selected mailbox; the BYE text when what the client knows of it no
+        longer holds (deleted or renamed, or its UIDs renumbered), else None."""
         from common.storage import MailboxNotFound
         try:
             self.selected.refresh()
+        except UidValidityChanged:
+            return b"Selected mailbox UIDVALIDITY changed, have to disconnect"
         except MailboxNotFound:
-            return False
+            return b"Selected mailbox was deleted, have to disconnect"
         except Exception as e:  # noqa: BLE001 -- a failed sync is retried at the next command
             self.log.warn("mailbox sync failed: {error!r}", error=e, session=self.settings.session_id)
-        return True
+        return None
 
-    def _mailbox_gone(self) -> None:
-        """Someone deleted or renamed the selected mailbox: nothing this session knows of
-        it holds any more (Dovecot disconnects the same way)."""
+    def _mailbox_gone(self, text: bytes) -> None:
+        """Someone deleted or renamed the selected mailbox, or renumbered its UIDs:
+        nothing this session knows of it holds any more (Dovecot disconnects the same
+        way when it is deleted)."""
         self.log.info("selected mailbox {name} vanished", name=self.selected.name if self.selected else "?",
                       session=self.settings.session_id)
-        self.send(b"* BYE Selected mailbox was deleted, have to disconnect\r\n")
+        self.send(b"* BYE " + text + b"\r\n")
         self.close_after_reply()
 
     # ------------------------------------------------------------ async completions
@@ -460,8 +464,9 @@ class ImapConnection:
         """The watched mailbox changed (IDLE): send what may be sent."""
         if self.selected is None or not self.idling:
             return []
-        if not self._refresh_selected():
-            self._mailbox_gone()
+        gone = self._refresh_selected()
+        if gone is not None:
+            self._mailbox_gone(gone)
             return self._take()
         for line in self.selected.updates(allow_expunge=True):
             self.send(line)

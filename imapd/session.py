@@ -27,6 +27,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from common.storage import MailboxNotFound
+
 from .fetch import LoadedMessage
 from .parser import SequenceSet
 from .response import paren
@@ -47,6 +49,12 @@ class CommandFlags:
 
 class BadSequence(Exception):
     """A sequence number the client cannot know: answered with BAD."""
+
+
+class UidValidityChanged(MailboxNotFound):
+    """The selected mailbox got a new UIDVALIDITY (its dovecot-uidlist was made anew):
+    its UIDs now name other messages, so nothing the client knows of it holds, as
+    when it is deleted."""
 
 
 def merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -99,6 +107,7 @@ class SelectedMailbox:
         self._flag_bytes: dict[tuple, bytes] = {}
         self.condstore = False   # MODSEQ in every FETCH the server volunteers
         self.qresync = False     # VANISHED instead of EXPUNGE
+        self.uidvalidity = mailbox.uidvalidity
         # The mailbox's highest mod-sequence at the last sync: every change up to it
         # has been taken in (and, but for expunges held back, told).
         self.synced_modseq = mailbox.highest_modseq
@@ -207,9 +216,12 @@ class SelectedMailbox:
     # ---- changes
 
     def refresh(self) -> None:
-        """Take in what the storage saw change since the last look."""
+        """Take in what the storage saw change since the last look. UidValidityChanged
+        when the UIDs were renumbered."""
         before = self.synced_modseq
         changes = self.mailbox.sync()
+        if self.mailbox.uidvalidity != self.uidvalidity:
+            raise UidValidityChanged(f"{self.name}: UIDVALIDITY {self.uidvalidity} -> {self.mailbox.uidvalidity}")
         self.absorb(changes.new, changes.expunged, changes.flags)
         if self.pending_expunged and self.expunge_floor is None:
             self.expunge_floor = before

@@ -96,3 +96,25 @@ def test_condstore_enabled_on_an_empty_mailbox_tells_a_valid_highestmodseq(imapd
     out = c.cmd(b"f", b"UID FETCH 1:* (MODSEQ)")
     assert code(out, b"HIGHESTMODSEQ") >= 1, out
     c.cmd(b"z", b"LOGOUT")
+
+
+def test_a_new_uidvalidity_ends_the_session_that_has_the_mailbox_selected(imapd):
+    # dovecot-uidlist made anew (lost, or rebuilt by Dovecot after damage): UIDs are
+    # given again from 1, so the UIDs this client holds name other messages now.
+    c = login(imapd)
+    append(c, 3)
+    c.cmd(b"s", b"SELECT INBOX")
+    c.cmd(b"d", b"UID STORE 1 +FLAGS.SILENT (\\Deleted)")
+    c.cmd(b"x", b"EXPUNGE")
+    (imapd.maildir() / "dovecot-uidlist").unlink()
+    out = c.cmd(b"n", b"NOOP")
+    assert out[-1] == b"n OK NOOP completed"
+    assert c.line() == b"* BYE Selected mailbox UIDVALIDITY changed, have to disconnect"
+    assert c.closed_by_server()
+    # a new session sees the new numbering, with a new UIDVALIDITY
+    d = login(imapd)
+    out = d.cmd(b"s", b"SELECT INBOX")
+    assert b"* 2 EXISTS" in out
+    out = d.cmd(b"f", b"UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert [line for line in out if line.startswith(b"Subject:")] == [b"Subject: message 1", b"Subject: message 2"]
+    d.cmd(b"z", b"LOGOUT")
