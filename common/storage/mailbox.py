@@ -116,9 +116,11 @@ class Mailbox:
             raise StorageError("mailbox is closed", temporary=False)
         state = self.state
         state.refresh(move_new=not self.readonly)
+        # Claimed before this view catches up: the claim may learn of messages another
+        # process added meanwhile, and they must be in this view to be its \Recent.
+        claimed = state.claim_recent() if self.claims_recent and state.first_recent_uid < state.next_uid else []
         changes = self._catch_up()
-        if self.claims_recent and state.first_recent_uid < state.next_uid:
-            self.recent.update(u for u in state.claim_recent() if u in self._by_uid)
+        self.recent.update(u for u in claimed if u in self._by_uid)
         return changes
 
     def _catch_up(self) -> Changes:
