@@ -572,12 +572,15 @@ class MailboxState:
             self._go_memory_only(e)
             return
         if self._log_fd is None and self._loaded and st is not None and st.st_ino == self._log_ino:
-            # Same log as when the files were closed (an idle state): read on.
+            # Same log as when the files were closed (an idle state): read on -- unless
+            # its inode number was freed and given to a later log (of another generation).
             try:
                 self._log_fd = os.open(self._log_path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
                 self._log_fd = None
-            if self._log_fd is not None and os.fstat(self._log_fd).st_ino != self._log_ino:
+            if self._log_fd is not None and (
+                    os.fstat(self._log_fd).st_ino != self._log_ino
+                    or not os.pread(self._log_fd, 32, 0).startswith(b"G %d\n" % self._generation)):
                 os.close(self._log_fd)
                 self._log_fd = None
         if self._log_fd is not None and st is not None and st.st_ino == self._log_ino:
