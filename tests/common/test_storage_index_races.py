@@ -1,13 +1,19 @@
 """The index (common.storage.index) where processes meet: a change another process
 makes at the worst moment, a log file whose inode number was freed and given to a
-new log while a state of this process slept.
+new log while a state of this process slept, several processes changing one mailbox
+at once while their logs are folded into new snapshots.
 
 "Another process" is a forked child, as in test_storage_index."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import random
+import time
 from pathlib import Path
+
+import pytest
 
 from common.storage import INBOX, MailStore
 from common.storage import index as index_mod
@@ -103,3 +109,112 @@ def test_an_idle_state_does_not_read_on_in_a_log_that_reused_its_inode(tmp_path,
     assert here == truth["messages"]
     assert box.highest_modseq == truth["highest"]
     box.close()
+
+
+def _churn(root: str, seed: int, seconds: float, done, queue) -> None:
+    """Random changes for a while; once every process is done, what this one sees."""
+    try:
+        queue.put(_churn_and_look(root, seed, seconds, done))
+    except BaseException as e:  # noqa: BLE001 -- report rather than hang the parent
+        queue.put(repr(e))
+
+
+def _churn_and_look(root: str, seed: int, seconds: float, done) -> dict:
+    rng = random.Random(seed)
+    store = MailStore(root)
+    box = store.open_mailbox(INBOX)
+    deadline = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < deadline and count < 2000:
+        count += 1
+        box.sync()
+        uids = [m.uid for m in box.messages]
+        action = rng.random()
+        if action < 0.6 and uids:
+            box.store(rng.sample(uids, min(3, len(uids))), [rng.choice(["\\Seen", "\\Flagged", "k1", "k2"])],
+                      rng.choice(["add", "remove"]))
+        elif action < 0.75 and len(uids) > 5:
+            box.store([rng.choice(uids)], ["\\Deleted"], "add")
+            box.expunge()
+        elif action < 0.9:
+            box.append(b"Subject: appended\r\n\r\nx\r\n")
+        else:
+            store.deliver(MSG)
+    done.wait(60)  # every process has made its last change
+    box.sync()
+    seen = {m.uid: (m.basename, sorted(m.flags), m.modseq) for m in box.messages}
+    highest = box.highest_modseq
+    box.close()
+    return {"messages": seen, "highest": highest, "changes": count}
+
+
+def _other_software(root: str, seed: int, seconds: float, done, queue) -> None:
+    """A program that writes the maildir directly, as Dovecot or a person with mv
+    does: flag renames in cur/, removals, new files in new/; no postroom lock."""
+    try:
+        rng = random.Random(seed)
+        cur, new = os.path.join(root, "cur"), os.path.join(root, "new")
+        deadline = time.monotonic() + seconds
+        count = 0
+        while time.monotonic() < deadline and count < 2000:
+            count += 1
+            names = [n for n in os.listdir(cur) if not n.startswith(".")]
+            action = rng.random()
+            try:
+                if action < 0.6 and names:
+                    name = rng.choice(names)
+                    base, _, info = name.partition(":")
+                    letters = set(info[2:]) ^ {rng.choice("FRS")}
+                    os.rename(os.path.join(cur, name), os.path.join(cur, f"{base}:2,{''.join(sorted(letters))}"))
+                elif action < 0.7 and len(names) > 5:
+                    os.unlink(os.path.join(cur, rng.choice(names)))
+                else:
+                    unique = f"{int(time.time())}.M{rng.randrange(10**6)}P{os.getpid()}Q{count}.other"
+                    with open(os.path.join(root, "tmp", unique), "wb") as f:
+                        f.write(MSG)
+                    os.rename(os.path.join(root, "tmp", unique), os.path.join(new, unique))
+            except FileNotFoundError:
+                pass  # renamed or removed by someone else meanwhile
+            time.sleep(0.001)
+        done.wait(60)
+        queue.put({"changes": count})
+    except BaseException as e:  # noqa: BLE001 -- report rather than hang the parent
+        queue.put(repr(e))
+
+
+@pytest.mark.parametrize("others", [0, 1], ids=["three processes", "two and other software"])
+def test_processes_changing_one_mailbox_at_once_agree_afterwards(tmp_path, monkeypatch, others):
+    """Processes change one mailbox at random while their logs are folded into new
+    snapshots again and again (and, with others, a program renames, removes and adds
+    files behind their backs): afterwards each of them and a fresh process see the
+    same messages, flags and modification sequences, and those are the files on disk."""
+    monkeypatch.setattr(index_mod, "LOG_COMPACT_BYTES", 2048)  # inherited by the children
+    store = MailStore(tmp_path / "Maildir")
+    root = str(store.root)
+    for _ in range(10):
+        store.deliver(MSG)
+    store.open_mailbox(INBOX).close()
+    ctx = multiprocessing.get_context("fork")
+    done, queue = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_churn, args=(root, seed, 3.0, done, queue)) for seed in range(3 - others)]
+    procs += [ctx.Process(target=_other_software, args=(root, 9, 3.0, done, queue)) for _ in range(others)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=90) for _ in procs]
+    for p in procs:
+        p.join(10)
+    assert all(isinstance(got, dict) and got["changes"] > 10 for got in results), results
+    truth = in_child(picture, root)
+    on_disk = {}
+    for sub in ("cur", "new"):
+        for name in os.listdir(os.path.join(root, sub)):
+            base, _, info = name.partition(":")
+            on_disk[base] = info[2:]
+    letters = {"\\Answered": "R", "\\Flagged": "F", "\\Seen": "S", "\\Deleted": "T"}
+    assert {b: "".join(sorted(letters[f] for f in flags if f in letters))
+            for b, flags, _m in truth["messages"].values()} == \
+        {b: "".join(c for c in info if c in "FRST") for b, info in on_disk.items()}
+    for got in results:
+        if "messages" in got:
+            assert got["messages"] == truth["messages"]
+            assert got["highest"] == truth["highest"]
