@@ -6,8 +6,12 @@ A message's content never changes under its UID, so whatever was derived from it
 the message is expunged or UIDVALIDITY changes. The daemon decides what to keep
 (opaque bytes under a small kind number); this module only stores them:
 
-    postroom-cache 1 <uidvalidity>\\n                          header line
+    postroom-cache 2 <uidvalidity>\\n                          header line
     <uid u32> <kind u8> <length u32> <crc32 u32> <bytes>      records, appended
+
+A record's CRC-32 starts from the UIDVALIDITY it was written under, so a record
+appended by a process that has not yet noticed a new UIDVALIDITY (its UIDs name
+other messages now) fails the check instead of being taken for the new UID.
 
 Records are appended with one write each (O_APPEND), by any process; a reader
 learns the offsets of what others appended by reading on from where it stopped.
@@ -53,7 +57,10 @@ class MailCache:
         self.broken = False  # no cache here (unwritable): every lookup misses
 
     def _header(self) -> bytes:
-        return b"postroom-cache 1 %d\n" % self.uidvalidity
+        return b"postroom-cache 2 %d\n" % self.uidvalidity
+
+    def _crc(self, data: bytes) -> int:
+        return zlib.crc32(data, self.uidvalidity & 0xFFFFFFFF)
 
     def _open(self, uidvalidity: int) -> bool:
         """Open (or start) the file for this UIDVALIDITY; False when there is none."""
@@ -140,7 +147,7 @@ class MailCache:
             data = os.pread(self._fd, length, offset)
         except OSError:
             return None
-        if len(data) != length or zlib.crc32(data) != crc:
+        if len(data) != length or self._crc(data) != crc:
             self._damaged()
             return None
         return data
@@ -150,7 +157,7 @@ class MailCache:
         it is worked out again next time)."""
         if len(data) > MAX_VALUE or not self._open(uidvalidity):
             return
-        record = _RECORD.pack(uid, kind, len(data), zlib.crc32(data)) + data
+        record = _RECORD.pack(uid, kind, len(data), self._crc(data)) + data
         try:
             os.write(self._fd, record)
         except OSError:
@@ -184,7 +191,7 @@ class MailCache:
                 out = [self._header()]
                 for (uid, kind), (offset, length, crc) in self.offsets.items():
                     data = os.pread(self._fd, length, offset)
-                    if len(data) == length and zlib.crc32(data) == crc:
+                    if len(data) == length and self._crc(data) == crc:
                         out.append(_RECORD.pack(uid, kind, length, crc) + data)
                 os.write(fd, b"".join(out))
                 if self.owner is not None:

@@ -65,6 +65,7 @@ class Mailbox:
         self._list: list[Message] | None = []
         self.recent: set[int] = set()
         self.closed = False
+        self._uidvalidity = 0  # of the UIDs in this view (the state's may be newer)
 
     # --- what the mailbox is ------------------------------------------------------------
 
@@ -95,12 +96,16 @@ class Mailbox:
         return [k for k in self.state.load_keywords() if k]
 
     def cached(self, uid: int, kind: int) -> bytes | None:
-        """What was kept in postroom-cache for this message (untrusted bytes)."""
+        """What was kept in postroom-cache for this message (untrusted bytes). Nothing
+        while the view has not caught up with a new UIDVALIDITY (its UIDs are old)."""
+        if self._uidvalidity != self.state.uidvalidity:
+            return None
         return self.state.cache_get(uid, kind)
 
     def keep(self, uid: int, kind: int, data: bytes) -> None:
         """Keep a value derived from the message's content (never changes for a UID)."""
-        self.state.cache_put(uid, kind, data)
+        if self._uidvalidity == self.state.uidvalidity:
+            self.state.cache_put(uid, kind, data)
 
     def vanished_since(self, modseq: int) -> list[int] | None:
         """UIDs expunged after `modseq` (QRESYNC), or None when the history does not
@@ -120,6 +125,7 @@ class Mailbox:
         # process added meanwhile, and they must be in this view to be its \Recent.
         claimed = state.claim_recent() if self.claims_recent and state.first_recent_uid < state.next_uid else []
         changes = self._catch_up()
+        self._uidvalidity = state.uidvalidity
         self.recent.update(u for u in claimed if u in self._by_uid)
         return changes
 

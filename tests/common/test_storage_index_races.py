@@ -1,7 +1,8 @@
-"""The index (common.storage.index) where processes meet: a change another process
-makes at the worst moment, a log file whose inode number was freed and given to a
-new log while a state of this process slept, several processes changing one mailbox
-at once while their logs are folded into new snapshots.
+"""The index (common.storage.index) and cache where processes meet: a change another
+process makes at the worst moment, a log file whose inode number was freed and
+given to a new log while a state of this process slept, several processes changing
+one mailbox at once while their logs are folded into new snapshots, a view or a
+process that has not caught up with a new UIDVALIDITY yet.
 
 "Another process" is a forked child, as in test_storage_index."""
 
@@ -218,3 +219,57 @@ def test_processes_changing_one_mailbox_at_once_agree_afterwards(tmp_path, monke
         if "messages" in got:
             assert got["messages"] == truth["messages"]
             assert got["highest"] == truth["highest"]
+
+
+def _renumbered(tmp_path) -> tuple[MailStore, str]:
+    """Three messages, the first expunged; UIDs 2 and 3 are what a view holds."""
+    store = MailStore(tmp_path / "Maildir")
+    for i in range(3):
+        store.deliver(b"Subject: %d\n\nbody\n" % i)
+    box = store.open_mailbox(INBOX)
+    box.store([1], ["\\Deleted"], "add")
+    box.expunge()
+    box.close()
+    return store, str(store.root)
+
+
+def test_a_view_behind_a_new_uidvalidity_neither_reads_nor_fills_the_cache(tmp_path):
+    """dovecot-uidlist made anew: the files get UIDs again from 1, so UID 2 is now
+    another message. A view that has not caught up yet still reads its UID 2 (the
+    old one): what it works out must not be kept for the new UID 2, nor may it be
+    handed the new UID 2's values."""
+    store, root = _renumbered(tmp_path)
+    fresh, stale = store.open_mailbox(INBOX), store.open_mailbox(INBOX)
+    (store.root / "dovecot-uidlist").unlink()
+    fresh.sync()
+    assert fresh.read(2) == b"Subject: 2\n\nbody\n" and stale.read(2) == b"Subject: 1\n\nbody\n"
+    fresh.keep(1, 1, b"new 1")
+    stale.keep(2, 1, stale.read(2))
+    assert fresh.cached(2, 1) is None
+    assert stale.cached(1, 1) is None
+    assert in_child(lambda: MailStore(root).open_mailbox(INBOX).cached(2, 1)) is None
+    stale.sync()
+    assert stale.cached(1, 1) == b"new 1"
+    for box in (fresh, stale):
+        box.close()
+
+
+def _notice_new_uidvalidity_and_keep(root: str) -> int:
+    box = MailStore(root).open_mailbox(INBOX)
+    box.keep(1, 1, b"new 1")
+    return box.uidvalidity
+
+
+def test_a_process_behind_a_new_uidvalidity_does_not_fill_the_cache_of_the_new_one(tmp_path):
+    """The same across processes: one process started the cache anew for the new
+    UIDVALIDITY; another, not caught up yet, keeps a value for its old UID 2."""
+    store, root = _renumbered(tmp_path)
+    stale = store.open_mailbox(INBOX)
+    assert stale.cached(2, 1) is None  # the cache file is open here
+    old = stale.uidvalidity
+    (store.root / "dovecot-uidlist").unlink()
+    assert in_child(_notice_new_uidvalidity_and_keep, root) != old
+    stale.keep(2, 1, stale.read(2))  # not synced: still the old numbering here
+    assert in_child(lambda: MailStore(root).open_mailbox(INBOX).cached(2, 1)) is None
+    assert in_child(lambda: MailStore(root).open_mailbox(INBOX).cached(1, 1)) in (b"new 1", None)
+    stale.close()

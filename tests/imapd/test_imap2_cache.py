@@ -61,7 +61,8 @@ def test_a_forged_cache_cannot_break_the_protocol(imapd):
     head = cache.read_bytes().split(b"\n", 1)[0] + b"\n"
 
     def record(uid, kind, value: bytes) -> bytes:
-        return struct.pack("<IBII", uid, kind, len(value), zlib.crc32(value)) + value
+        crc = zlib.crc32(value, int(head.split()[2]))  # started from the UIDVALIDITY
+        return struct.pack("<IBII", uid, kind, len(value), crc) + value
 
     evil_fields = json.dumps({"subject": "x\r\n* BYE forged\r\na1 OK"}).encode()
     bad_shape = json.dumps({"t": "text", "s": "plain", "p": [], "h": {}, "n": "lots"}).encode()
