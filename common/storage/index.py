@@ -277,6 +277,7 @@ class MailboxState:
         self._ul_sig: tuple | None = None
         self._ul_pos = 0
         self._ul_ino = 0  # the uidlist file our UIDs agree with
+        self._ul_compacted_at = 0  # records the uidlist kept at our last rewrite of it
         self._keywords: list[str | None] = []
         self._keywords_sig: tuple | None = None
         self._flags_memo: dict[str, frozenset[str]] = {}
@@ -1195,7 +1196,8 @@ class MailboxState:
                                                                                             "surrogateescape"),
                                  sync)
             stale = len(ul.records) - len(self.by_uid) - len(todo)
-            if stale > max(UIDLIST_STALE_REWRITE, len(self.by_uid)):
+            if stale > max(UIDLIST_STALE_REWRITE, len(self.by_uid)) and \
+                    len(ul.records) > self._ul_compacted_at + UIDLIST_STALE_REWRITE:
                 self._compact_uidlist(ul)
         return ul
 
@@ -1224,6 +1226,9 @@ class MailboxState:
         gone = set(self.exp_uids)
         ul.records = {b: r for b, r in ul.records.items() if r.uid not in gone}
         self._write_uidlist(ul)
+        # Records the history does not know (expunged before the index was made) stay;
+        # try again only when as many more have come, not at every new UID.
+        self._ul_compacted_at = len(ul.records)
 
     # ------------------------------------------------------------------ changes made here
 

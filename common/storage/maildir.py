@@ -361,6 +361,8 @@ class MailStore:
             raise MailboxNotFound(name)
         state = state_for(self, name, self.mailbox_path(name))
         state.refresh(move_new=False)
+        if state.views == 0:
+            state.close_files()  # reopened at the next use: STATUS of many folders holds none open
         return state
 
     # --- delivery ---------------------------------------------------------------------

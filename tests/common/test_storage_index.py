@@ -217,3 +217,30 @@ def test_index_write_failure_falls_back_to_memory(root):
         return [m.uid for m in box.messages], box.state.persistent
     assert in_child(use) == ([1, 2, 4, 5, 6], False)
     assert index_mod.INDEX_LOCK == "postroom-index.lock"
+
+
+def test_stale_uidlist_records_the_history_does_not_know_are_not_rewritten_every_time(tmp_path, monkeypatch):
+    """After an index rebuild the expunge history is empty: old records it cannot place
+    stay in dovecot-uidlist, and new UIDs do not rewrite the whole file each time."""
+    store = MailStore(tmp_path / "Maildir")
+    (store.root / "dovecot-uidlist").write_text("3 V1700000000 N21 G00\n" + "".join(
+        f"{i} :gone.{i}\n" for i in range(1, 21)))  # twenty records whose files are long gone
+    monkeypatch.setattr(index_mod, "UIDLIST_STALE_REWRITE", 2)
+    box = store.open_mailbox(INBOX)
+    inodes = set()
+    for i in range(8):
+        store.deliver(MSG)
+        box.sync()
+        inodes.add(os.stat(store.root / "dovecot-uidlist").st_ino)
+    assert len(inodes) <= 4, inodes   # not rewritten at each new UID (that gave 8)
+    assert [m.uid for m in box.messages] == list(range(21, 29))
+    box.close()
+
+
+def test_status_leaves_no_file_open(tmp_path):
+    store = MailStore(tmp_path / "Maildir")
+    store.deliver(MSG)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        assert len(store.mailbox_state(INBOX).by_uid) == 1
+    assert len(os.listdir("/proc/self/fd")) == before
