@@ -164,9 +164,9 @@ class MailCache:
             return
         # Others may have appended before us: our offsets are learnt by reading on.
 
-    def forget(self, uids, live: int) -> None:
+    def forget(self, uids) -> None:
         """Messages expunged: their records are garbage; rewrite the file when most of
-        it is (`live` messages are left)."""
+        it is."""
         if self._fd is None:
             return
         for uid in uids:

@@ -66,7 +66,6 @@ INDEX_LOG = "postroom-index.log"
 INDEX_LOCK = "postroom-index.lock"
 
 SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
-FLAG_LETTERS = {v: k for k, v in SYSTEM_FLAGS.items()}
 LETTER_BY_LOWER = {v.lower(): k for k, v in SYSTEM_FLAGS.items()}
 KEYWORD_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyz")
 
@@ -386,7 +385,7 @@ class MailboxState:
             self.exp_uids.append(uid)
             self._note(EXPUNGED, uid)
         if self._cache is not None and gone:
-            self._cache.forget(gone, len(self.by_uid))
+            self._cache.forget(gone)
         if self._sorted is not None and len(gone) <= 32:
             for uid in gone:
                 i = bisect.bisect_left(self._sorted, uid)
