@@ -75,7 +75,13 @@ def setup(tmp: Path, users: int, mda_yaml: str) -> tuple[Path, list[str]]:
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """(user + system, user) CPU seconds of a process and its children (the consumer
     processes), from /proc (Linux; zeros elsewhere), for BENCH_VERBOSE."""
-    total = user = 0.0
+    times = cpu_by_process(pid).values()
+    return sum(u + s for u, s in times), sum(u for u, _ in times)
+
+
+def cpu_by_process(pid: int) -> dict[int, tuple[float, float]]:
+    """(user, system) CPU seconds of a process and of each of its children, by pid."""
+    out = {}
     tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -85,9 +91,8 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
         except (OSError, IndexError):
             continue
         if int(entry) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-            user += int(fields[11]) / tick
-    return total, user
+            out[int(entry)] = (int(fields[11]) / tick, int(fields[12]) / tick)
+    return out
 
 
 def count_files(tmp: Path) -> int:
@@ -227,6 +232,7 @@ def run_e2e(n: int, users: int, sessions: int, receive_processes: int = 2, check
 
             before = count_files(tmp)
             threads = [threading.Thread(target=client, args=(p,)) for p in per]
+            cpu_before = (cpu_by_process(mta.daemon.proc.pid), cpu_by_process(mda.proc.pid), os.times())
             start = time.perf_counter()
             for t in threads:
                 t.start()
@@ -236,6 +242,8 @@ def run_e2e(n: int, users: int, sessions: int, receive_processes: int = 2, check
                 print(f"  SMTP done after {time.perf_counter() - start:.1f}s, {count_files(tmp) - before} delivered")
             wait_for(lambda: count_files(tmp) - before >= n, timeout=600, interval=0.05, what="every file")
             elapsed = time.perf_counter() - start
+            if os.environ.get("BENCH_VERBOSE"):
+                print_e2e_cpu(n, elapsed, mta.daemon.proc.pid, mda.proc.pid, cpu_before)
         finally:
             mda.stop()
             mta.daemon.stop()
@@ -243,6 +251,25 @@ def run_e2e(n: int, users: int, sessions: int, receive_processes: int = 2, check
         return n / elapsed
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_e2e_cpu(n: int, elapsed: float, mta_pid: int, mda_pid: int, before) -> None:
+    """BENCH_VERBOSE: CPU milliseconds per message of each process of the e2e run."""
+    mta_before, mda_before, times_before = before
+    mta_now, mda_now, times_now = cpu_by_process(mta_pid), cpu_by_process(mda_pid), os.times()
+
+    def per_message(now, was, pids):
+        user = sum(now[p][0] - was.get(p, (0.0, 0.0))[0] for p in pids) * 1000 / n
+        system = sum(now[p][1] - was.get(p, (0.0, 0.0))[1] for p in pids) * 1000 / n
+        return f"{user + system:.2f} ({system:.2f} sys)"
+
+    receivers = [p for p in mta_now if p != mta_pid]
+    consumers = list(mda_now)
+    client = (times_now.user + times_now.system - times_before.user - times_before.system) * 1000 / n
+    print(f"  e2e: {elapsed:.2f}s ({n / elapsed:.0f}/s), load {os.getloadavg()[0]:.2f}; CPU ms per message: "
+          f"queue manager {per_message(mta_now, mta_before, [mta_pid])}, "
+          f"receiving {per_message(mta_now, mta_before, receivers)} ({len(receivers)} processes), "
+          f"MDA {per_message(mda_now, mda_before, consumers)}, client {client:.2f}")
 
 
 def main() -> None:
