@@ -292,6 +292,49 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+def write_together(items: list[tuple[str, str, list[bytes]]]) -> list:
+    """Write several files (temp path, final path, chunks), each fsync'd and then
+    renamed to its final path without replacing anything: one final path (a str) or
+    exception per item. The directories are not fsync'd: the caller does that once.
+
+    The writes come first and their writeback is started together (sync_file_range(2)
+    where it exists), so the fsyncs that follow mostly find their data on its way and
+    share journal commits instead of each waiting for its own."""
+    started: list = []  # (tmp path, final path, fd) or the exception
+    for tmp, final, parts in items:
+        try:
+            write_file_synced(tmp, parts, sync=False)
+        except Exception as e:
+            started.append(e)
+            continue
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except Exception as e:
+            _unlink_quietly(tmp)
+            started.append(e)
+            continue
+        if _sync_file_range is not None:
+            _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a start only: fsync below decides
+        started.append((tmp, final, fd))
+    out = []
+    for item in started:
+        if isinstance(item, Exception):
+            out.append(item)
+            continue
+        tmp, final, fd = item
+        try:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            rename_no_replace(tmp, final)
+            out.append(final)
+        except Exception as e:
+            _unlink_quietly(tmp)
+            out.append(e)
+    return out
+
+
 class Spool:
     """The queue directories under one root, and the verbs on them."""
 
@@ -314,12 +357,7 @@ class Spool:
 
     def write_many(self, items: list[tuple[Envelope, Iterable[bytes]]], queue: str = "incoming") -> list:
         """write() for several messages (sync_dir=False): one path (a str) or exception
-        per item.
-
-        Each file is still fsync'd before it is renamed into queue, but the writes come
-        first and their writeback is started together (sync_file_range(2) where it
-        exists), so the fsyncs that follow mostly find their data on its way and share
-        journal commits instead of each waiting for its own."""
+        per item (see write_together)."""
         if len(items) == 1 or _sync_file_range is None:
             out: list = []
             for envelope, chunks in items:
@@ -330,40 +368,9 @@ class Spool:
             return out
         assert queue in QUEUES, queue
         root = str(self.root)
-        started: list = []  # (envelope, tmp path, fd) or the exception
-        for envelope, chunks in items:
-            tmp = f"{root}/tmp/{envelope.queue_id}"
-            try:
-                write_file_synced(tmp, self._parts(envelope, chunks), sync=False)
-            except Exception as e:
-                started.append(e)
-                continue
-            try:
-                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except Exception as e:
-                _unlink_quietly(tmp)
-                started.append(e)
-                continue
-            _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a start only: fsync below decides
-            started.append((envelope, tmp, fd))
-        out = []
-        for item in started:
-            if isinstance(item, Exception):
-                out.append(item)
-                continue
-            envelope, tmp, fd = item
-            try:
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                final = f"{root}/{queue}/{envelope.queue_id}"
-                rename_no_replace(tmp, final)
-                out.append(final)
-            except Exception as e:
-                _unlink_quietly(tmp)
-                out.append(e)
-        return out
+        return write_together(
+            [(f"{root}/tmp/{envelope.queue_id}", f"{root}/{queue}/{envelope.queue_id}", self._parts(envelope, chunks))
+             for envelope, chunks in items])
 
     @staticmethod
     def _parts(envelope: Envelope, chunks: Iterable[bytes]) -> list[bytes]:
@@ -477,7 +484,8 @@ class Handoff:
     recipients: list[int]                # indices into the envelope's recipients
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+        return json.dumps({"handoff_id": self.handoff_id, "queue_id": self.queue_id, "spool_path": self.spool_path,
+                           "recipients": self.recipients}, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "Handoff":
@@ -495,6 +503,26 @@ class HandoffResult:
 def write_handoff(spool: Spool, handoff: Handoff) -> Path:
     from .fsutil import write_durably
     return write_durably(spool.dir("mda"), handoff.handoff_id, [handoff.to_json()], tmp_dir=spool.dir("tmp"))
+
+
+def write_handoffs(spool: Spool, handoffs: list[Handoff]) -> list:
+    """write_handoff() for several hand-offs with one fsync of mda/ (group commit): one
+    path (a str) or exception per hand-off. Each file is fsync'd before its rename into
+    mda/, and none is reported written before mda/ is fsync'd. (The removal of the
+    temporary names from tmp/ needs no fsync: a crash at worst leaves a leftover
+    there, which the next start cleans.)"""
+    root = str(spool.root)
+    out = write_together([(f"{root}/tmp/.handoff.{h.handoff_id}", f"{root}/mda/{h.handoff_id}", [h.to_json()])
+                          for h in handoffs])
+    if any(not isinstance(o, Exception) for o in out):
+        try:
+            fsync_dir(spool.dir("mda"))
+        except OSError as e:
+            for o in out:
+                if not isinstance(o, Exception):
+                    _unlink_quietly(o)   # take them back: their recipients are deferred
+            out = [o if isinstance(o, Exception) else e for o in out]
+    return out
 
 
 def write_handoff_results(spool: Spool, handoff_id: str, results: list[HandoffResult],

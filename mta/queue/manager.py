@@ -6,7 +6,9 @@ records as done:
 
 - incoming/ -> active/: a message the scheduler works on. Its pending recipients
   are routed (routing.py); remote ones are grouped per next hop into deliveries
-  (outbound.py), local ones go to the MDA as one `Handoff` in mda/.
+  (outbound.py), local ones go to the MDA as one `Handoff` in mda/ (the hand-offs
+  of the messages loaded together are written by one I/O job with one fsync of
+  mda/: common.spool.write_handoffs).
 - Each delivery's per-recipient outcome is appended as a status record and
   fsync'd the moment the server's reply arrives: delivered, deferred (reason and
   next attempt) or bounced. A permanent failure is first written as a notice into
@@ -56,7 +58,7 @@ from common.log import get_logger
 from common.smtp.client import ClientOptions, Rcpt, Reply, Transaction
 from common.spool import (BOUNCED, DEFERRED, DELIVERED, PENDING, CorruptSpoolFile, Handoff, Spool,
                           SpoolFile, encode, parse, read_handoff_results,
-                          status_record, write_handoff)
+                          status_record, write_handoffs)
 
 from ..bounce import RecipientReport, build_dsn, dsn_envelope
 from ..outbound import ConnectionCache, deliver
@@ -157,6 +159,7 @@ class QueueManager(Service):
         self.cache = ConnectionCache(reactor, self.qcfg.max_per_destination)
         self._lock: int | None = None
         self._finishing: list[ActiveMessage] = []    # finished in this reactor turn
+        self._handing_off: list[tuple[ActiveMessage, Handoff]] = []   # hand-offs made in this reactor turn
         self._dirty: set[str] = set()               # folders to look at in the next scan
         self._backlog = False                       # incoming/ holds more than max_active allowed
 
@@ -805,21 +808,35 @@ class QueueManager(Service):
     # --- the MDA --------------------------------------------------------------
 
     def _handoff(self, msg: ActiveMessage, indices: list[int]) -> None:
+        """Hand msg's local recipients to the MDA. The hand-offs made in one reactor turn
+        (the messages of one load) are written by one I/O job, BATCH at a time, with one
+        fsync of mda/ for them all."""
         hid = f"{msg.qid}.{uuid.uuid4().hex[:8]}"
         self._add_handoff(hid, msg.qid)
         self.in_mda.setdefault(msg.qid, set()).update(indices)
         msg.outstanding += 1
+        self._handing_off.append((msg, Handoff(hid, msg.qid, str(msg.sf.path), indices)))
+        if len(self._handing_off) == 1:
+            self.reactor.callLater(0, self._handoff_batch)
 
-        def failed(f):
-            self._drop_handoff(hid)
-            self.in_mda.get(msg.qid, set()).difference_update(indices)
-            for i in indices:
-                self._record(msg, i, DEFERRED, "4.3.0", f"cannot hand off to the MDA: {f.getErrorMessage()}", None)
-            msg.outstanding -= 1
-            self._flush(msg)
-            self._maybe_finish(msg)
+    def _handoff_batch(self) -> None:
+        todo, self._handing_off = self._handing_off, []
+        for o in range(0, len(todo), BATCH):
+            chunk = todo[o:o + BATCH]
+            d = self._thread(write_handoffs, self.spool, [h for _, h in chunk])
+            d.addCallback(lambda outcomes, chunk=chunk: [self._handoff_failed(msg, h, str(e)) for (msg, h), e
+                                                         in zip(chunk, outcomes) if isinstance(e, Exception)])
+            d.addErrback(lambda f, chunk=chunk: [self._handoff_failed(msg, h, f.getErrorMessage())
+                                                 for msg, h in chunk])
 
-        self._thread(write_handoff, self.spool, Handoff(hid, msg.qid, str(msg.sf.path), indices)).addErrback(failed)
+    def _handoff_failed(self, msg: ActiveMessage, handoff: Handoff, why: str) -> None:
+        self._drop_handoff(handoff.handoff_id)
+        self.in_mda.get(msg.qid, set()).difference_update(handoff.recipients)
+        for i in handoff.recipients:
+            self._record(msg, i, DEFERRED, "4.3.0", f"cannot hand off to the MDA: {why}", None)
+        msg.outstanding -= 1
+        self._flush(msg)
+        self._maybe_finish(msg)
 
     def _add_handoff(self, hid: str, qid: str) -> None:
         self.handoffs[hid] = qid

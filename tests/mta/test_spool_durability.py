@@ -182,3 +182,21 @@ def test_spool_write_never_replaces_a_queued_file(tmp_path):
     kept = spoolmod.parse(spool.path("incoming", first.queue_id))
     assert kept.envelope.sender == "a@example.org" and kept.read_message() == b"first\r\n"
     assert os.listdir(spool.dir("tmp")) == []
+
+
+def test_handoffs_written_together_are_each_complete_and_never_replace_one(tmp_path):
+    """The queue manager's group commit of hand-offs: every hand-off reported written
+    is complete in mda/ (its temporary name gone); one whose name is taken fails
+    alone and leaves the file there untouched."""
+    spool = spoolmod.Spool(tmp_path / "spool", create=True)
+    taken = spool.path("mda", "Q2.b")
+    taken.write_bytes(b"the MDA's copy")
+    handoffs = [spoolmod.Handoff(f"Q{i}.b", f"Q{i}", f"/spool/active/Q{i}", [0, i]) for i in range(4)]
+    outcomes = spoolmod.write_handoffs(spool, handoffs)
+    assert isinstance(outcomes[2], FileExistsError), outcomes
+    assert taken.read_bytes() == b"the MDA's copy"
+    for h, outcome in zip(handoffs, outcomes):
+        if h.handoff_id != "Q2.b":
+            assert outcome == str(spool.path("mda", h.handoff_id))
+            assert spoolmod.Handoff.from_json(spool.path("mda", h.handoff_id).read_bytes()) == h
+    assert os.listdir(spool.dir("tmp")) == []
