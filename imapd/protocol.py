@@ -2,9 +2,10 @@
 
 Bytes in (`receive`), responses and actions out: bytes to write, and the few
 things only the glue can do (`StartTLS`, `CheckPassword`, `Watch`, `Unwatch`,
-`Close`). States are those of RFC 3501: not authenticated, authenticated,
+`Sync`, `Close`). States are those of RFC 3501: not authenticated, authenticated,
 selected, logout. Commands are taken one at a time in the order sent; while one
-waits for something asynchronous (a password check, TLS, IDLE) the following
+waits for something asynchronous (a password check, TLS, IDLE, the syncfs that
+makes an APPEND durable) the following
 input stays buffered, so pipelined commands are answered correctly and in order.
 After STARTTLS's OK nothing more is read: what the client pipelined behind it is
 discarded (`discard_input()`, called by common.tls.start_tls, and by `tls_started()`).
@@ -71,6 +72,14 @@ class Watch:
 @dataclass(frozen=True)
 class Unwatch:
     pass
+
+
+@dataclass(frozen=True)
+class Sync:
+    """syncfs(2) the filesystem holding `path` (off the event loop; one call may serve
+    several sessions), then answer with `synced()`: what was saved is durable only
+    then, and the command's OK waits for it (`Settings.defer_sync`)."""
+    path: str
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,7 @@ class Settings:
     auth_failures_before_disconnect: int = 3
     log_namespace: str = "imapd"
     session_id: str = "-"
+    defer_sync: bool = False                  # APPEND/COPY leave their syncfs to the glue (Sync)
 
 
 BASE_CAPABILITIES = ("IMAP4rev1", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "CHILDREN",
@@ -438,6 +448,29 @@ class ImapConnection:
         if self._waiting is not None and self._waiting[0] == "tls":
             self._waiting = None
         return self._take()
+
+    def durable_after(self, tag: bytes, spec_name: str, path, result) -> object:
+        """For a command whose writes were made without their syncfs (defer_sync):
+        ask the glue for it (`Sync`) and send `result` once `synced()` says it is done."""
+        self.emit(Sync(str(path)))
+        return self.wait("sync", tag, spec_name, result)
+
+    def synced(self, error: BaseException | None = None) -> list:
+        """The answer to Sync: the command's result now, or, when the syncfs failed,
+        a NO (what was written may not be on disk: the client must not rely on it)."""
+        if self._waiting is None or self._waiting[0] != "sync":
+            return []
+        tag, spec, result = self.stop_waiting()
+        if error is not None:
+            result = self.storage_failure(spec.name if spec else "command", error)
+        self.finish(tag, spec, result)
+        if self._closed:
+            return self._take()
+        return self.resume()
+
+    @property
+    def syncing(self) -> bool:
+        return self._waiting is not None and self._waiting[0] == "sync"
 
     def password_checked(self, user, temporary: bool = False) -> list:
         """The answer to CheckPassword: a user record, or None for a failure

@@ -5,7 +5,8 @@ carries out what it asks: write, start TLS (`common.tls.start_tls`), check a
 password (`common.auth.Authenticator`, asynchronous; pipelined input waits in the
 core), watch the selected mailbox during IDLE (`common.storage.watch.Watcher`,
 inotify plus a periodic check, so a delivery by the MDA or an expunge by another
-session shows within a second), close. Timers: the login timeout before
+session shows within a second), make APPEND/COPY durable (`imapd.durable`: one
+syncfs(2) in a thread for the sessions that wrote meanwhile), close. Timers: the login timeout before
 authentication, the autologout after, and the IDLE keepalive.
 
 Per process (`ImapContext`): the authenticator, TLS, the connection counts.
@@ -28,17 +29,23 @@ from zope.interface import implementer
 from common import tls as tlsmod
 from common.auth import LoginFailed
 from common.log import get_logger
+from common.netio import no_delay, socket_of, write_now
 from common.runner import peer_ip, secure_transport
-from common.storage import MailStore
+from common.fsutil import HAVE_SYNCFS
+from common.storage import MailStore, StorageError
 from common.storage.watch import Watcher
 
 from .compress import CompressionError, DeflateStream, StartCompression
+from .durable import GroupSyncfs
 from .parser import Limits
-from .protocol import CheckPassword, Close, ImapConnection, Settings, StartTLS, Unwatch, Watch
+from .protocol import CheckPassword, Close, ImapConnection, Settings, StartTLS, Sync, Unwatch, Watch
 
 log = get_logger("postroom.imapd")
 
 _session_ids = itertools.count(1)
+
+#: Answers to pipelined commands are written together up to this much.
+HOLD_BYTES = 64 * 1024
 
 
 class MailboxWatches:
@@ -88,6 +95,7 @@ class ImapContext:
         self.connections = 0
         self.per_client: dict[str, int] = defaultdict(int)
         self.watches = MailboxWatches(reactor)
+        self.syncer = GroupSyncfs(reactor) if HAVE_SYNCFS else None
         lim = self.limits
         self.frame_limits = Limits(max_line=int(lim.max_line), max_literal=int(lim.max_message_size),
                                    max_command=int(lim.max_message_size) + int(lim.max_line) * 4,
@@ -110,6 +118,7 @@ class ImapContext:
             auth_failures_before_disconnect=self.limits.auth_failures,
             commands_per_call=1,  # the session pumps, pausing while the client does not read
             session_id=session_id,
+            defer_sync=self.syncer is not None,
         )
 
 
@@ -145,6 +154,9 @@ class ImapSession(Protocol):
         self._pending_login = None
         self._paused = False
         self._deflate: DeflateStream | None = None  # COMPRESS=DEFLATE is active
+        self._direct = None  # the plain TCP connection answers go straight to (common.netio)
+        self._held: list[bytes] = []  # answers to pipelined commands, written together
+        self._held_size = 0
 
     # ------------------------------------------------------------ connection
 
@@ -161,6 +173,8 @@ class ImapSession(Protocol):
         ctx.per_client[self.ip] += 1
         self._counted = True
         secure = self.listener.tls == "implicit" or secure_transport(self.transport)
+        self._direct = socket_of(self.transport)
+        no_delay(self.transport)
         self.conn = ImapConnection(ctx.settings(self.listener, self.ip, secure, self.session_id), self.ip)
         log.info("connect from {ip}", ip=self.ip, session=self.session_id)
         self.transport.registerProducer(self, True)
@@ -188,7 +202,7 @@ class ImapSession(Protocol):
 
     def graceful_shutdown(self):
         """SIGTERM: say BYE now unless a command is being answered."""
-        if self.conn is not None and not self._closing and self._pending_login is None:
+        if self.conn is not None and not self._closing and self._pending_login is None and not self.conn.syncing:
             self._apply(self.conn.shutting_down())
 
     def dataReceived(self, data: bytes):
@@ -208,7 +222,10 @@ class ImapSession(Protocol):
             self._close()
 
     def _write(self, data: bytes) -> None:
-        self.transport.write(self._deflate.deflate(data) if self._deflate is not None else data)
+        if self._deflate is not None:
+            self.transport.write(self._deflate.deflate(data))
+        else:
+            write_now(self.transport, self._direct, data)
 
     def _received(self, data: bytes) -> None:
         self._arm_timer()
@@ -225,12 +242,14 @@ class ImapSession(Protocol):
         try:
             out = self.conn.receive(data)
             while out and not self._closing:
-                self._apply(out)
+                self._apply(out, hold=True)
                 if self._paused or self._closing:
                     break
                 out = self.conn.receive(b"")
+            self._flush()
         except Exception:  # noqa: BLE001 -- a bug closes one connection, never the daemon
             log.failure("session {session} failed", session=self.session_id)
+            self._held.clear()
             self._write(b"* BYE Internal error\r\n")
             self._close()
 
@@ -255,24 +274,33 @@ class ImapSession(Protocol):
 
     # ------------------------------------------------------------ actions from the core
 
-    def _apply(self, outputs) -> None:
-        pending: list[bytes] = []
+    def _flush(self) -> None:
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            self._held_size = 0
+            self._write(data)
 
-        def flush():
-            if pending:
-                self._write(b"".join(pending))
-                pending.clear()
-
+    def _apply(self, outputs, hold: bool = False) -> None:
+        """Carry out what the core asked. Bytes are written at once unless `hold`
+        (answers to pipelined commands then go out together, up to HOLD_BYTES)."""
+        pending = self._held
+        flush = self._flush
         for item in outputs:
             if isinstance(item, bytes):
                 pending.append(item)
+                self._held_size += len(item)
             elif isinstance(item, StartTLS):
                 flush()
+                self._direct = None  # from now on everything goes through TLS
                 tlsmod.start_tls(self.transport, self.ctx.server_tls, self.conn, log, session=self.session_id)
                 pending.extend(x for x in self.conn.tls_started() if isinstance(x, bytes))
             elif isinstance(item, CheckPassword):
                 flush()
                 self._check_password(item)
+            elif isinstance(item, Sync):
+                flush()
+                self._sync(item.path)
             elif isinstance(item, Watch):
                 self._start_watch(item.paths)
             elif isinstance(item, Unwatch):
@@ -283,7 +311,8 @@ class ImapSession(Protocol):
             elif isinstance(item, StartCompression):
                 flush()
                 self._deflate = DeflateStream()
-        flush()
+        if not hold or self._held_size >= HOLD_BYTES:
+            flush()
 
     def _close(self):
         self._closing = True
@@ -319,6 +348,22 @@ class ImapSession(Protocol):
 
         d.addCallbacks(ok, failed)
         d.addErrback(lambda f: log.failure("login handling failed", f, session=self.session_id))
+
+    def _sync(self, path: str) -> None:
+        def done(result):
+            if self._closing or self.conn is None:
+                return None
+            error = None
+            if result is not None:
+                error = StorageError(f"syncfs of {path}: {result.value}")
+            self._apply(self.conn.synced(error))
+            if not self._paused and not self._closing:
+                self._pump()
+            return None
+
+        d = self.ctx.syncer.sync(path)
+        d.addBoth(done)
+        d.addErrback(lambda f: log.failure("sync handling failed", f, session=self.session_id))
 
     # ------------------------------------------------------------ IDLE watching
 

@@ -277,16 +277,18 @@ class Mailbox:
         """Save a message (IMAP APPEND); returns its UID. Durable when it returns."""
         return self.append_many([(data, flags, internaldate)])[0]
 
-    def append_many(self, messages: Iterable[tuple[bytes, Iterable[str], float | None]]) -> list[int]:
+    def append_many(self, messages: Iterable[tuple[bytes, Iterable[str], float | None]],
+                    sync: bool = True) -> list[int]:
         """Save (data, flags, internaldate) messages together (IMAP MULTIAPPEND): all
         get their UIDs in one uidlist update, or none is kept. Returns their UIDs in
-        order; durable when it returns."""
+        order; durable when it returns (with sync=False: see save_messages)."""
         self._writable()
-        return save_messages(self.mailstore, self.state, messages)
+        return save_messages(self.mailstore, self.state, messages, sync)
 
-    def copy(self, uids: Iterable[int], dest: str) -> list[tuple[int, int]]:
+    def copy(self, uids: Iterable[int], dest: str, sync: bool = True) -> list[tuple[int, int]]:
         """Copy messages (hard links where possible) with their flags; returns
-        (source UID, destination UID) pairs for UIDPLUS."""
+        (source UID, destination UID) pairs for UIDPLUS. Durable when it returns
+        (with sync=False: see save_messages)."""
         if self.closed:
             raise StorageError("mailbox is closed", temporary=False)
         from .maildir import _new_base
@@ -311,7 +313,7 @@ class Mailbox:
                 staged.append((tmp, f"{base}:2,{flag_letters(msg.flags, index)}", msg.internaldate))
                 sources.append(msg.uid)
                 total += msg.size
-            dest_uids = target.commit_files(staged) if staged else []
+            dest_uids = target.commit_files(staged, sync) if staged else []
         except OSError as e:
             for tmp, _, _ in staged:
                 try:
@@ -368,10 +370,17 @@ class Mailbox:
         self._list = []
 
 
-def save_messages(store, state: MailboxState, messages) -> list[int]:
+def save_messages(store, state: MailboxState, messages, sync: bool = True) -> list[int]:
     """Write (data, flags, internaldate) messages into the mailbox: each file fsync'd
     in tmp/, then all renamed into cur/ and given UIDs together (MailboxState.
-    commit_files), or none is kept. Returns their UIDs; durable when it returns."""
+    commit_files), or none is kept. Returns their UIDs; durable when it returns.
+
+    sync=False, where syncfs(2) exists (common.fsutil.HAVE_SYNCFS), leaves the one
+    syncfs of the mailbox's filesystem to the caller, who may tell nobody that the
+    messages are saved before it returned (imapd runs it in a thread, shared by the
+    sessions appending meanwhile). Other sessions may see the UIDs before: should
+    the machine (not the process) crash in between, such a message may be gone
+    and its UID given again. Elsewhere sync=False changes nothing."""
     from .maildir import _new_base
     messages = [(data, list(flags), internaldate) for data, flags, internaldate in messages]
     index = state.ensure_keywords([f for _data, flags, _date in messages for f in flags])
@@ -388,7 +397,7 @@ def save_messages(store, state: MailboxState, messages) -> list[int]:
             if internaldate is not None:
                 os.utime(tmp, (internaldate, internaldate), follow_symlinks=False)
             files.append((tmp, f"{base}:2,{flag_letters(flags, index)}", os.lstat(tmp).st_mtime))
-        uids = state.commit_files(files)
+        uids = state.commit_files(files, sync)
     except BaseException as e:
         for tmp, final, _ in files:
             for leftover in (tmp, os.path.join(state._cur_dir, final)):

@@ -91,6 +91,7 @@ class MailStore:
         self.root = Path(root)
         self.owner = owner
         self.quota = MaildirSize(self.root, owner)
+        self._special_cache: tuple[tuple, dict[str, str]] | None = None  # (file signature, table)
         if not _is_real_dir(self.root / "cur"):
             if not create:
                 raise MailboxNotFound(f"no maildir at {self.root}")
@@ -282,11 +283,23 @@ class MailStore:
         if name in names:
             self._write_subscriptions([n for n in names if n != name])
 
-    def special_use(self) -> dict[str, str]:
-        """{mailbox: "\\Sent", ...} for the folders that exist."""
-        return {n: u for n, u in self._special_use_table().items() if self.mailbox_exists(n)}
+    def special_use(self, existing: set[str] | None = None) -> dict[str, str]:
+        """{mailbox: "\\Sent", ...} for the folders that exist (those of `existing`,
+        a list_mailboxes() the caller has just made, when given)."""
+        table = self._special_use_table()
+        if existing is not None:
+            return {n: u for n, u in table.items() if n in existing}
+        return {n: u for n, u in table.items() if self.mailbox_exists(n)}
 
     def _special_use_table(self) -> dict[str, str]:
+        """The special-use file, parsed (again only when the file was replaced)."""
+        try:
+            st = os.stat(self.root / SPECIAL_USE, follow_symlinks=False)
+            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            sig = None
+        if sig is not None and self._special_cache is not None and self._special_cache[0] == sig:
+            return dict(self._special_cache[1])
         got = _read_control(self.root / SPECIAL_USE)
         table: dict[str, str] = {}
         if got is None:
@@ -299,6 +312,7 @@ class MailStore:
                 continue
             if use.startswith("\\") and use[1:].isalpha():
                 table[name] = use
+        self._special_cache = (got[1], dict(table))
         return table
 
     def _edit_special_use(self, edit) -> None:
@@ -345,12 +359,13 @@ class MailStore:
             raise
         return box
 
-    def append_messages(self, name: str, messages) -> tuple[int, list[int]]:
+    def append_messages(self, name: str, messages, sync: bool = True) -> tuple[int, list[int]]:
         """APPEND to a mailbox that is not open here: (uidvalidity, UIDs) once the
-        (data, flags, internaldate) messages are durable. Takes no \\Recent."""
+        (data, flags, internaldate) messages are durable (sync=False: see
+        mailbox.save_messages). Takes no \\Recent."""
         from .mailbox import save_messages
         state = self.mailbox_state(name)
-        return state.uidvalidity, save_messages(self, state, messages)
+        return state.uidvalidity, save_messages(self, state, messages, sync)
 
     def mailbox_state(self, name: str):
         """The mailbox's shared state (common.storage.index.MailboxState), caught up

@@ -2,7 +2,9 @@
 (RFC 3501 6.3.11, 6.4.6-6.4.8, RFC 4315 UIDPLUS, RFC 6851 MOVE).
 
 APPEND answers OK only after the storage has made the message durable (it
-fsyncs file and directory before returning the UID). COPY and MOVE answer with
+fsyncs file and directory before returning the UID; where syncfs(2) exists the
+glue runs that one call off the event loop, shared by the sessions writing
+meanwhile, and the OK waits for it -- so does COPY's). COPY and MOVE answer with
 COPYUID; MOVE sends its EXPUNGEs as part of its reply. STORE takes CONDSTORE's
 UNCHANGEDSINCE (RFC 7162 3.1.3): messages changed since are left alone and named
 in MODIFIED; once CONDSTORE is enabled its FETCH answers carry MODSEQ.
@@ -80,18 +82,20 @@ def append(conn, tag, r):
         messages.append(_append_message(r))
     check_quota(conn, sum(len(m[0]) for m in messages), len(messages))
     sel = conn.selected
+    sync = not conn.settings.defer_sync
     try:
         if sel is not None and sel.name == name and not sel.readonly:
             # The selected mailbox: the next sync shows them here, \Recent (RFC 3501 2.3.2).
-            uids = sel.mailbox.append_many(messages)
+            uids = sel.mailbox.append_many(messages, sync)
             uidvalidity = sel.mailbox.uidvalidity
         else:
-            uidvalidity, uids = conn.store.append_messages(name, messages)
+            uidvalidity, uids = conn.store.append_messages(name, messages, sync)
     except MailboxNotFound:
         raise No("Mailbox does not exist", "TRYCREATE") from None
     except QuotaExceeded:
         raise No("Quota exceeded", "OVERQUOTA") from None
-    return Done("Append completed", f"APPENDUID {uidvalidity} {uid_set_text(uids)}")
+    done = Done("Append completed", f"APPENDUID {uidvalidity} {uid_set_text(uids)}")
+    return done if sync else conn.durable_after(tag, "APPEND", conn.store.mailbox_path(name), done)
 
 
 advertise("MULTIAPPEND")
@@ -190,8 +194,14 @@ def _copy_or_move(conn, tag, r, uid_mode: bool, move: bool):
     if not move:
         messages = [sel.message(uid) for uid in uids]
         check_quota(conn, sum(m.size for m in messages if m is not None), len(uids))
+    sync = move or not conn.settings.defer_sync
     try:
-        mapping = (sel.mailbox.move if move else sel.mailbox.copy)(uids, dest) if uids else []
+        if not uids:
+            mapping = []
+        elif move:
+            mapping = sel.mailbox.move(uids, dest)
+        else:
+            mapping = sel.mailbox.copy(uids, dest, sync)
     except MailboxNotFound:
         raise No("Mailbox does not exist", "TRYCREATE") from None
     except QuotaExceeded:
@@ -205,7 +215,10 @@ def _copy_or_move(conn, tag, r, uid_mode: bool, move: bool):
             conn.send(f"* OK [{code}] Moved\r\n".encode())
         sel.mark_expunged([s for s, _ in mapping])
         return Done("Move completed")
-    return Done("Copy completed", code)
+    done = Done("Copy completed", code)
+    if sync or not mapping:
+        return done
+    return conn.durable_after(tag, "UID COPY" if uid_mode else "COPY", conn.store.mailbox_path(dest), done)
 
 
 @command("COPY", SELECTED, uses_seqs=True)
