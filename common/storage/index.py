@@ -271,6 +271,9 @@ class MailboxState:
         self._cur_stamp: tuple | None = None
         self._new_trusted = False
         self._cur_trusted = False
+        # cur/ trusted from our own change rather than a listing: list it once after this (ns)
+        self._cur_verify_at = 0
+        self._chases = 0  # files found renamed by someone else (find())
         # dovecot-uidlist as last read (parsed incrementally when appended to)
         self._ul: uidfile.UidList | None = None
         self._ul_sig: tuple | None = None
@@ -848,7 +851,7 @@ class MailboxState:
             _HEAD.pack(self.uidvalidity, self.next_uid, self.first_recent_uid, self.highest_modseq,
                        self.vanished_floor, generation, count, len(self.exp_uids), len(extra), self._ul_ino),
             _STAMP.pack(new_stamp[0], new_stamp[1], int(self._new_trusted), cur_stamp[0], cur_stamp[1],
-                        int(self._cur_trusted)),
+                        int(self._cur_listed_trust())),
             col("I", (m.uid for m in msgs)),
             col("Q", (m.modseq for m in msgs)),
             col("d", (m._internaldate if m._internaldate is not None else 0.0 for m in msgs)),
@@ -930,6 +933,8 @@ class MailboxState:
             return False
         if ul.st_ino != self._ul_ino:
             return False
+        if self._cur_verify_at and time.time_ns() >= self._cur_verify_at:
+            return False
         return (self._new_trusted and self._cur_trusted and (new.st_ino, new.st_mtime_ns) == self._new_stamp
                 and (cur.st_ino, cur.st_mtime_ns) == self._cur_stamp)
 
@@ -951,7 +956,8 @@ class MailboxState:
         new_stamp = (st_new.st_ino, st_new.st_mtime_ns)
         cur_stamp = (st_cur.st_ino, st_cur.st_mtime_ns)
         scan_new = rebuild or not self._new_trusted or new_stamp != self._new_stamp
-        scan_cur = rebuild or not self._cur_trusted or cur_stamp != self._cur_stamp
+        scan_cur = (rebuild or not self._cur_trusted or cur_stamp != self._cur_stamp
+                    or (self._cur_verify_at and started >= self._cur_verify_at))
         if not (scan_new or scan_cur):
             return
         added: dict[str, tuple[str, str]] = {}   # base -> (sub, file name) of names not known
@@ -1031,18 +1037,60 @@ class MailboxState:
             self._add_unknown(unknown, added, in_new, modseq, rebuild)
         # The listing proves the content for later syncs only if the directory had
         # settled before we looked; our own moves out of new/ changed both.
-        before = (self._new_stamp, self._new_trusted, self._cur_stamp, self._cur_trusted)
+        before = (self._new_stamp, self._new_trusted, self._cur_stamp, self._cur_listed_trust())
         if scan_new:
             self._new_stamp = new_stamp
             self._new_trusted = not moved and _settled(started, st_new.st_mtime_ns)
         if scan_cur:
+            pending = self._cur_verify_at if started < self._cur_verify_at else 0
             self._cur_stamp = cur_stamp
-            self._cur_trusted = not moved and _settled(started, st_cur.st_mtime_ns)
+            self._cur_verify_at = 0
+            self._cur_trusted = not moved
+            if not moved and not _settled(started, st_cur.st_mtime_ns):
+                # Listed under the lock, so exact but for a program outside postroom
+                # changing cur/ within the same clock tick: trusted until listed again
+                # once this mtime has settled (a check already due stays as due).
+                self._cur_verify_at = _settles_at(st_cur.st_mtime_ns, pending)
         elif moved:
             self._cur_trusted = False
-        if (self._new_stamp, self._new_trusted, self._cur_stamp, self._cur_trusted) != before:
+        if (self._new_stamp, self._new_trusted, self._cur_stamp, self._cur_listed_trust()) != before:
             self._log("D %d %d %d %d %d %d\n" % (*(self._new_stamp or (0, 0)), self._new_trusted,
-                                                 *(self._cur_stamp or (0, 0)), self._cur_trusted))
+                                                 *(self._cur_stamp or (0, 0)), self._cur_listed_trust()))
+
+    def _cur_listed_trust(self) -> bool:
+        """cur/ trusted on the strength of a listing (what other processes may adopt)."""
+        return self._cur_trusted and not self._cur_verify_at
+
+    def _cur_known_now(self) -> bool:
+        """Lock held, before changing files in cur/: whether the state knows cur/
+        exactly (trusted, its mtime still the one proven)."""
+        if not self._cur_trusted:
+            return False
+        try:
+            st = os.stat(self._cur_dir)
+        except OSError:
+            return False
+        return (st.st_ino, st.st_mtime_ns) == self._cur_stamp
+
+    def _cur_changed_here(self, known: bool) -> None:
+        """Lock held, after renaming, adding or removing files in cur/ (the names the
+        state keeps changed with them). If cur/ was known exactly just before
+        (`_cur_known_now()`) and no file had to be chased, it is known now too:
+        trusted at its new mtime without a listing. Only a program outside postroom
+        (which takes no lock) changing cur/ in that same moment would be missed, so
+        cur/ is listed once more when its new mtime has settled (SETTLE_FINE later,
+        or earlier when such a check was already due; other postroom processes log
+        their changes, which untrusts it at once)."""
+        self._cur_trusted = False
+        if not known:
+            return
+        try:
+            st = os.stat(self._cur_dir)
+        except OSError:
+            return
+        self._cur_stamp = (st.st_ino, st.st_mtime_ns)
+        self._cur_trusted = True
+        self._cur_verify_at = _settles_at(max(st.st_mtime_ns, time.time_ns()), self._cur_verify_at)
 
     def _still_there(self, msg: Message) -> bool:
         """A message's file under its known name (a listing raced a rename back)."""
@@ -1253,6 +1301,7 @@ class MailboxState:
             if unchanged_since is not None:
                 self._scan_dirs(move_new=False)  # what others changed counts against the test
             modseq = None
+            known, chases, changed = self._cur_known_now(), self._chases, False
             for uid in sorted(set(uids)):
                 msg = self.by_uid.get(uid)
                 if msg is None:
@@ -1278,7 +1327,11 @@ class MailboxState:
                     self._replace(new)
                     self._log(f"F {uid} {modseq} {sub} {filename}\n")
                 done.append(new)
-                self._cur_trusted = False
+                changed = True
+                if msg.sub == "new":
+                    self._new_trusted = False
+            if changed:
+                self._cur_changed_here(known and self._chases == chases)
         return done, failed
 
     def _rename_flags(self, msg: Message, compute) -> tuple[str, str] | None:
@@ -1301,6 +1354,7 @@ class MailboxState:
 
     def find(self, base: str) -> tuple[str, str] | None:
         """Where the file with this base name is now (after someone renamed it)."""
+        self._chases += 1
         for sub in ("cur", "new"):
             try:
                 for filename in os.listdir(os.path.join(self._dir, sub)):
@@ -1316,6 +1370,7 @@ class MailboxState:
         removed: list[int] = []
         freed = 0
         with self.locked():
+            known, chases, subs = self._cur_known_now(), self._chases, set()
             for uid in sorted(set(uids)):
                 msg = self.by_uid.get(uid)
                 if msg is None:
@@ -1337,29 +1392,37 @@ class MailboxState:
                         continue
                     removed.append(uid)
                     freed += msg.size
+                    subs.add(sub)
                     break
             if removed:
                 modseq = self._next_modseq()
                 self._forget(removed, modseq)
                 self._log(f"X {modseq} {','.join(map(str, removed))}\n")
-                self._cur_trusted = self._new_trusted = False
+                if "new" in subs or self._chases != chases:
+                    self._new_trusted = False
+                if "cur" in subs or self._chases != chases:
+                    self._cur_changed_here(known and self._chases == chases)
         return removed, freed
 
-    def commit_files(self, files: list[tuple[str, str, float]]) -> list[int]:
+    def commit_files(self, files: list[tuple[str, str, float]], sync: bool = True) -> list[int]:
         """Rename finished files (in tmp/) into cur/ under the given names and give them
         UIDs in order (appended to dovecot-uidlist). Durable on return, and only then
         may their UIDs be told: where syncfs(2) exists one call makes the files, cur/
         and the uidlist durable at once (the files need not be fsync'd before);
-        elsewhere the caller fsync'd the files, and cur/ and the uidlist are fsync'd."""
+        elsewhere the caller fsync'd the files, and cur/ and the uidlist are fsync'd.
+        With sync=False where syncfs(2) exists, that call is the caller's (so that
+        one call, off the event loop, serves several sessions' writes): nobody may be
+        told the messages are saved before it returned."""
         with self.locked():
             cur = self._cur_dir
+            known = self._cur_known_now()
             for tmp, final, _idate in files:
                 os.rename(tmp, os.path.join(cur, final))
             if not HAVE_SYNCFS:
                 fsync_dir(cur)
             bases = [split_name(final)[0] for _tmp, final, _ in files]
             ul = self._assign_uids(bases, sync=not HAVE_SYNCFS)
-            if HAVE_SYNCFS:
+            if HAVE_SYNCFS and sync:
                 syncfs(cur)
             modseq = self._next_modseq()
             uids = []
@@ -1374,7 +1437,7 @@ class MailboxState:
                           f"{msg._vsize if msg._vsize is not None else -1} {final}\n")
                 uids.append(uid)
             self.next_uid = max(self.next_uid, ul.next_uid)
-            self._cur_trusted = False
+            self._cur_changed_here(known)
         return uids
 
     def close_files(self) -> None:
@@ -1418,6 +1481,14 @@ def _settled(listed_at_ns: int, mtime_ns: int) -> bool:
     its mtime stays mtime (see SETTLE_SECONDS)."""
     margin = SETTLE_SECONDS if mtime_ns % 1_000_000_000 == 0 else SETTLE_FINE
     return listed_at_ns - mtime_ns > margin * 1e9
+
+
+def _settles_at(mtime_ns: int, pending: int = 0) -> int:
+    """When a directory changed at mtime_ns must be listed again to prove its content
+    (see SETTLE_SECONDS); a check already pending before that stays first."""
+    margin = SETTLE_SECONDS if mtime_ns % 1_000_000_000 == 0 else SETTLE_FINE
+    at = mtime_ns + int(margin * 1e9)
+    return min(pending, at) if pending else at
 
 
 def _flock(fd: int, op: int, what: str, timeout: float = 10.0) -> None:

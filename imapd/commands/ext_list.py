@@ -99,7 +99,7 @@ def list_extended(conn, tag, r):
 
     existing = set(conn.store.list_mailboxes()) | {INBOX}
     subscribed = set(conn.store.subscriptions())
-    special = conn.store.special_use()
+    special = conn.store.special_use(existing)
     levels: set[str] = set(existing)           # names plus their parent levels
     for n in existing:
         parts = n.split(SEP)

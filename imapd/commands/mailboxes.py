@@ -263,7 +263,7 @@ def list_(conn, tag, r):
     names = set(conn.store.list_mailboxes())
     names.add(INBOX)
     table = _with_parents(names)
-    special = conn.store.special_use()
+    special = conn.store.special_use(names)
     children = {n.rsplit(SEP, 1)[0] for n in table if SEP in n}
     for name in _sorted(table):
         if not regex.match(name):

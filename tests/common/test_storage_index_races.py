@@ -273,3 +273,57 @@ def test_a_process_behind_a_new_uidvalidity_does_not_fill_the_cache_of_the_new_o
     assert in_child(lambda: MailStore(root).open_mailbox(INBOX).cached(2, 1)) is None
     assert in_child(lambda: MailStore(root).open_mailbox(INBOX).cached(1, 1)) in (b"new 1", None)
     stale.close()
+
+
+def test_a_change_outside_postroom_in_the_same_tick_as_ours_is_seen_once_settled(tmp_path):
+    """After its own change in cur/ (under the lock) the state trusts cur/ without
+    listing it again; a program outside postroom renaming a file there within the same
+    clock tick (same mtime) is missed only until that mtime has settled: the next
+    sync after SETTLE_FINE lists cur/ and sees it."""
+    store = MailStore(tmp_path / "Maildir")
+    for _ in range(3):
+        store.deliver(MSG)
+    box = store.open_mailbox(INBOX)
+    time.sleep(index_mod.SETTLE_FINE * 2)
+    box.sync()  # cur/ listed after it settled: trusted
+    box.store([1], ["\\Flagged"])  # our own change: trusted at the new mtime, no listing
+    cur = box.state._cur_dir
+    before = os.stat(cur)
+    name = box.by_uid(2).filename
+    base = name.split(":2,")[0]
+    os.rename(os.path.join(cur, name), os.path.join(cur, base + ":2,S"))  # another program: \Seen
+    os.utime(cur, ns=(before.st_atime_ns, before.st_mtime_ns))  # ...within the same tick
+    box.sync()
+    assert box.by_uid(1).flags == {"\\Flagged"}
+    time.sleep(index_mod.SETTLE_FINE * 2)
+    box.sync()
+    assert box.by_uid(2).flags == {"\\Seen"}, "the outside change must show once the mtime settled"
+    assert box.by_uid(1).flags == {"\\Flagged"} and box.by_uid(3).flags == set()
+    box.close()
+
+
+def test_own_changes_keep_cur_trusted_without_listing_it(tmp_path, monkeypatch):
+    """A session that keeps changing flags does not list cur/ at every sync (the
+    listing of a busy cur/ cannot settle), yet lists it again within SETTLE_FINE."""
+    store = MailStore(tmp_path / "Maildir")
+    for _ in range(5):
+        store.deliver(MSG)
+    box = store.open_mailbox(INBOX)
+    time.sleep(index_mod.SETTLE_FINE * 2)
+    box.sync()
+    listings = []
+    real = os.listdir
+
+    def counting(path):
+        listings.append(str(path))
+        return real(path)
+    monkeypatch.setattr(index_mod.os, "listdir", counting)
+    started = time.monotonic()
+    for i in range(20):
+        box.store([1 + i % 5], ["\\Seen"], "add" if i % 2 else "remove")
+        box.sync()
+    took = time.monotonic() - started
+    cur_listings = [p for p in listings if p.endswith("cur")]
+    # at most one listing per SETTLE_FINE that passed (plus one), not one per sync
+    assert len(cur_listings) <= took / index_mod.SETTLE_FINE + 2, (len(cur_listings), took)
+    box.close()
