@@ -23,15 +23,25 @@ cold       (--sandbox only) the server restarted, then SELECT of the big mailbox
 envelope   FETCH 1:1000 (ENVELOPE BODYSTRUCTURE).
 search     SEARCH over the first 10,000 messages (a header and a flag key), and
            SORT (REVERSE DATE) over them when the server advertises SORT.
-mixed      --clients clients (users 1..clients) for --seconds each, in two modes:
-           "relogin" (LOGIN ... LOGOUT every round, like imaptest's default) and
-           "stay" (one login, then rounds without LOGIN/LOGOUT). A round follows
-           the default command mix of Dovecot's imaptest stress mode: LOGIN 100%,
-           LIST 50%, STATUS 50%, SELECT 100%, FETCH 100% (UID FLAGS of all),
-           FETCH2 100% (BODY.PEEK[] of one message), STORE 50% (a keyword on a
-           few), DELETE 100% (\\Deleted on one), EXPUNGE 100%, APPEND 100%,
-           LOGOUT 100%. Commands per second over all clients (and, with --pid,
-           per CPU second of the server process).
+mixed      --clients clients (users 1..clients) for --seconds each, in two modes
+           (--modes): "relogin" (LOGIN ... LOGOUT every round, imaptest's default)
+           and "stay" (one login, SELECT once, then rounds; imaptest logout=0).
+           A round is Dovecot's imaptest default stress run as its state machine
+           goes (states and percentages from its client-state.c): LIST 50%,
+           STATUS 50%, SELECT, FETCH of random fields (UID FLAGS ENVELOPE
+           INTERNALDATE BODY BODYSTRUCTURE RFC822.SIZE, header fields) of up to 100
+           random messages, FETCH2 (one of BODY.PEEK[HEADER], RFC822.HEADER,
+           BODY.PEEK[], BODY.PEEK[1], BODY.PEEK[TEXT] of one message; again 30%),
+           STORE 50% (+, - or replace, .SILENT half of the time), DELETE (\\Deleted
+           on 0-4 messages), EXPUNGE, APPEND (while the mailbox holds fewer than
+           30; a second message by MULTIAPPEND 5%), LOGOUT; COPY stays off as in
+           imaptest without a copybox. Commands are pipelined as imaptest does (up
+           to 10; one that names messages by number waits until no command that
+           may expunge is pending), with LITERAL+ when the server offers it. The
+           clients are one lean non-blocking loop (--client-procs processes), so
+           that the client side costs little CPU (reported per command).
+           Commands per second over all clients (and, with --pid, per CPU second of
+           the server with its workers, and the server's cores in use).
 idle       --idle connections logged in, INBOX selected, in IDLE; the server's
            VmRSS (from /proc/PID/status, --pid, with its worker processes) before
            and after.
@@ -39,8 +49,8 @@ latency    --watchers sessions in IDLE on one mailbox; a message is delivered
            (through common.storage into --deliver-maildir when given, else by
            APPEND on another connection); time until every session saw EXISTS.
 
-The clients are asyncio coroutines in this one process: on a small machine the
-client side costs CPU too, so the figures are a lower bound of the server's speed.
+The clients run on this machine: on a small machine the client side costs CPU too,
+so the figures are a lower bound of the server's speed.
 Everything is bounded in time (--timeout per command).
 """
 
@@ -319,52 +329,299 @@ async def t_search(a) -> dict:
     return out
 
 
-async def _mixed_round(c: Client, rng: random.Random, n: int, mailbox: str, user: str, a) -> None:
-    """One pass of the imaptest-like mix in the selected state and around it."""
-    if rng.random() < 0.5:
-        await c.cmd('LIST "" *')
-    if rng.random() < 0.5:
-        await c.cmd(f"STATUS {mailbox} (MESSAGES UNSEEN UIDNEXT)")
-    got = await c.cmd(f"SELECT {mailbox}")
-    exists = next((int(x.split()[1]) for x in got if x.endswith(b"EXISTS\r\n")), 0)
-    if exists:
-        await c.cmd("UID FETCH 1:* (UID FLAGS)")
-        await c.cmd(f"FETCH {rng.randint(1, exists)} (UID BODY.PEEK[])")
-        if rng.random() < 0.5:
-            lo = rng.randint(1, exists)
-            await c.cmd(f"STORE {lo}:{min(exists, lo + 3)} +FLAGS ($Bench{rng.randint(1, 5)})")
-        await c.cmd(f"STORE {rng.randint(1, exists)} +FLAGS (\\Deleted)")
-        await c.cmd("EXPUNGE")
-    await c.cmd(f"APPEND {mailbox} (\\Seen)", make_message(n, rng, time.time()))
+class _MixConn:
+    """One client of the mixed load: a non-blocking socket and a script (a generator
+    that yields batches of pipelined commands and is sent their answers).
+    Deliberately lean -- parsing only what the script needs, messages prepared
+    before the clock starts -- so that on a small machine the server, not the load
+    generator, is what is measured (imaptest, which the targets come from, is C)."""
+
+    __slots__ = ("sock", "script", "buf", "n", "answers", "untagged", "literal_plus", "pending", "waiting",
+                 "closing", "last")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.script = None
+        self.buf = b""
+        self.n = 0
+        self.answers: list[bytes] = []      # tagged lines of the batch, in order
+        self.untagged: list[bytes] = []
+        self.literal_plus = False
+        self.pending: bytes | None = None   # a literal waiting for the server's "+"
+        self.waiting = 0                    # tagged answers still to come
+        self.closing = False
+        self.last = b""
+
+    def send(self, batch: list[tuple[bytes, bytes | None]]) -> None:
+        out = []
+        for command, literal in batch:
+            self.n += 1
+            self.last = command
+            if literal is None:
+                out.append(b"m%d %s\r\n" % (self.n, command))
+            elif self.literal_plus:  # literal: [(what goes before it, message), ...] (MULTIAPPEND)
+                out.append(b"m%d %s" % (self.n, command))
+                out.extend(b"%s {%d+}\r\n%s" % (before, len(data), data) for before, data in literal)
+                out.append(b"\r\n")
+            else:  # one message, alone in its batch (the script sees to it)
+                before, data = literal[0]
+                self.pending = data + b"\r\n"
+                out.append(b"m%d %s%s {%d}\r\n" % (self.n, command, before, len(data)))
+        self.waiting = len(batch)
+        self.sock.sendall(b"".join(out))
+
+    def feed(self, data: bytes) -> bool:
+        """Take what was read; True once every answer of the batch is in."""
+        buf = self.buf + data if self.buf else data
+        pos = 0
+        while True:
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            line = buf[pos:end]
+            if line.endswith(b"}"):
+                m = _LITERAL.search(line + b"\r\n")
+                if m:
+                    size = int(m.group(1))
+                    if len(buf) < end + 2 + size:
+                        break  # the rest of the literal is still to come
+                    self.untagged.append(line)
+                    pos = end + 2 + size  # the response goes on after the literal
+                    nxt = buf.find(b"\r\n", pos)
+                    if nxt < 0:
+                        break
+                    pos = nxt + 2
+                    continue
+            pos = end + 2
+            first = line[:1]
+            if first == b"m":
+                self.answers.append(line)
+                self.waiting -= 1
+                if not self.waiting:
+                    self.buf = buf[pos:]
+                    return True
+            elif first == b"+" and self.pending is not None:
+                self.sock.sendall(self.pending)
+                self.pending = None
+            else:
+                self.untagged.append(line)
+        self.buf = buf[pos:]
+        return False
 
 
-async def _mixed_client(a, idx: int, stay: bool, deadline: float) -> int:
-    rng = random.Random(idx)
-    user = a.user_format.format(n=idx + 1)
-    commands = 0
-    n = 0
-    c = None
-    try:
-        while time.monotonic() < deadline:
-            if c is None:
-                c = await Client.connect(a.host, a.port)
-                await c.cmd(f'LOGIN "{user}" "{a.password}"')
-            await _mixed_round(c, rng, n, "INBOX", user, a)
-            n += 1
+# imaptest's states (its client-state.c): (name, percent, again percent, flags).
+# MSGSET: names messages by number, so it is not pipelined behind a command that may
+# expunge or change the state; EXPUNGES: may change the numbers; STATE: changes the
+# login state (sent once the commands before it are answered). COPY is left out:
+# imaptest only copies when given a copybox, which its default run has none.
+_MSGSET, _EXPUNGES, _STATE = 1, 2, 4
+_IMAPTEST_STATES = [("LIST", 50, 0, _EXPUNGES), ("STATUS", 50, 0, _EXPUNGES), ("SELECT", 100, 0, _STATE),
+                    ("FETCH", 100, 0, _MSGSET), ("FETCH2", 100, 30, _MSGSET), ("STORE", 50, 0, _MSGSET),
+                    ("DELETE", 100, 0, _MSGSET), ("EXPUNGE", 100, 0, _EXPUNGES), ("APPEND", 100, 5, _EXPUNGES)]
+_FETCH_FIELDS = [b"UID", b"FLAGS", b"ENVELOPE", b"INTERNALDATE", b"BODY", b"BODYSTRUCTURE", b"RFC822.SIZE"]
+_HEADER_FIELDS = [b"From", b"To", b"Cc", b"Subject", b"References", b"In-Reply-To", b"Message-ID", b"Delivered-To"]
+_FETCH2_FIELDS = [b"BODY.PEEK[HEADER]", b"RFC822.HEADER", b"BODY.PEEK[]", b"BODY.PEEK[1]", b"BODY.PEEK[TEXT]"]
+_FLAGS = [b"\\Seen", b"\\Flagged", b"\\Answered", b"\\Draft", b"$Label1", b"$Label2"]
+_MAX_PIPELINE = 10      # imaptest's command queue per connection
+_MESSAGE_THRESHOLD = 30  # imaptest's "msgs": APPEND below it, DELETE more above it
+
+
+def _seq_set(seqs) -> bytes:
+    seqs = sorted(set(seqs))
+    out, i = [], 0
+    while i < len(seqs):
+        j = i
+        while j + 1 < len(seqs) and seqs[j + 1] == seqs[j] + 1:
+            j += 1
+        out.append(b"%d" % seqs[i] if i == j else b"%d:%d" % (seqs[i], seqs[j]))
+        i = j + 1
+    return b",".join(out)
+
+
+def _mix_script(conn: _MixConn, user: str, password: str, stay: bool, rng: random.Random, messages: list[bytes]):
+    """imaptest's default stress run, as its state machine goes (see the module's
+    help): yields batches of pipelined (command, literal) pairs, is sent their
+    (tagged lines, untagged lines), and yields None to be connected anew."""
+    rand = rng.randrange
+    appended = 0
+    while True:
+        tagged, lines = yield [(b'LOGIN "%s" "%s"' % (user.encode(), password.encode()), None)]
+        caps = b" ".join(tagged + lines)
+        if b"CAPABILITY" not in caps:
+            tagged, lines = yield [(b"CAPABILITY", None)]
+            caps = b" ".join(lines)
+        conn.literal_plus = b"LITERAL+" in caps
+        condstore = b"CONDSTORE" in caps
+        exists, selected = 0, False
+        batch: list[tuple[bytes, bytes | None]] = []
+        pending = 0  # flags of the commands in the batch
+
+        def account(lines):
+            nonlocal exists
+            for x in lines:
+                if x.endswith(b" EXISTS"):
+                    exists = int(x.split()[1])
+                elif x.endswith(b" EXPUNGE"):
+                    exists -= 1
+        while True:
+            for name, percent, again, flags in _IMAPTEST_STATES:
+                if rand(100) >= percent:
+                    continue
+                while True:
+                    if name == "SELECT" and selected:
+                        break
+                    if (flags & _STATE or pending & _STATE or len(batch) >= _MAX_PIPELINE
+                            or (flags & _MSGSET and pending & (_EXPUNGES | _STATE))
+                            or (name == "APPEND" and not conn.literal_plus)) and batch:
+                        _tagged, lines = yield batch
+                        account(lines)
+                        batch, pending = [], 0
+                    if flags & _MSGSET and not exists:
+                        break
+                    msgs = exists
+                    if name == "LIST":
+                        batch.append((b'LIST "" *', None))
+                    elif name == "STATUS":
+                        batch.append((b'STATUS "INBOX" (MESSAGES UNSEEN RECENT)', None))
+                    elif name == "SELECT":
+                        batch.append((b'SELECT "INBOX"' + (b" (CONDSTORE)" if condstore else b""), None))
+                        selected = True
+                    elif name == "FETCH":
+                        items = []
+                        for _ in range(rand(4) + 1):
+                            if rand(4):
+                                items.append(_FETCH_FIELDS[rand(len(_FETCH_FIELDS))])
+                            else:
+                                names = b" ".join(_HEADER_FIELDS[rand(len(_HEADER_FIELDS))] for _ in range(rand(4) + 1))
+                                items.append(b"BODY.PEEK[HEADER.FIELDS (%s)]" % names)
+                        seqs = _seq_set(rand(msgs) + 1 for _ in range(min(msgs, 100)))
+                        batch.append((b"FETCH %s (%s)" % (seqs, b" ".join(items)), None))
+                    elif name == "FETCH2":
+                        batch.append((b"FETCH %d (UID %s)" % (rand(msgs) + 1, _FETCH2_FIELDS[rand(5)]), None))
+                    elif name == "STORE":
+                        count = rand(msgs if msgs < 10 else min(msgs // 5, 50)) if msgs > 1 else 0
+                        if count:
+                            flags_ = b" ".join(_FLAGS[rand(len(_FLAGS))] for _ in range(rand(3) + 1))
+                            batch.append((b"STORE %s %sFLAGS%s (%s)" % (
+                                _seq_set(rand(msgs) + 1 for _ in range(count)), (b"+", b"-", b"")[rand(3)],
+                                b".SILENT" if rand(2) else b"", flags_), None))
+                    elif name == "DELETE":
+                        count = rand(msgs - _MESSAGE_THRESHOLD) if msgs > _MESSAGE_THRESHOLD + 5 else rand(5)
+                        if count:
+                            batch.append((b"STORE %s +FLAGS%s \\Deleted" % (
+                                _seq_set(rand(msgs) + 1 for _ in range(count)), b".SILENT" if rand(2) else b""), None))
+                    elif name == "EXPUNGE":
+                        batch.append((b"EXPUNGE", None))
+                    elif name == "APPEND" and msgs < _MESSAGE_THRESHOLD:
+                        parts = []
+                        while not parts or (conn.literal_plus and rand(100) < again):  # MULTIAPPEND
+                            appended += 1
+                            flags_ = b" (%s)" % b" ".join(_FLAGS[rand(4)] for _ in range(rand(2) + 1)) \
+                                if rand(2) else b""
+                            date = b' "01-Dec-2026 10:00:00 +0000"' if rand(2) else b""
+                            parts.append((flags_ + date, messages[appended % len(messages)]))
+                        batch.append((b'APPEND "INBOX"', parts))
+                    pending |= flags
+                    if name == "APPEND":
+                        break  # its "again" is a second message in the same command
+                    if flags & _STATE:
+                        _tagged, lines = yield batch
+                        account(lines)
+                        batch, pending = [], 0
+                    if not again or rand(100) >= again:
+                        break
             if not stay:
-                await c.cmd("LOGOUT")
-                commands += c.commands
-                await c.close()
-                c = None
-        if c is not None:
-            await c.cmd("LOGOUT")
-            commands += c.commands
-            await c.close()
-    except (ImapError, OSError, asyncio.TimeoutError) as e:
-        print(f"  client {idx}: {e}", file=sys.stderr)
-        if c is not None:
-            commands += c.commands
-    return commands
+                break
+        if batch:
+            yield batch
+        yield [(b"LOGOUT", None)]
+        yield None  # connect anew
+
+
+def _mixed_run(a, stay: bool, seconds: float, messages: list[bytes], first: int, count: int) -> tuple[int, int]:
+    """Run clients first..first+count-1 for `seconds`; (commands, errors)."""
+    import selectors
+    import socket
+    sel = selectors.DefaultSelector()
+    rngs = {i: random.Random(i) for i in range(first, first + count)}
+
+    def connect(i):
+        s = socket.create_connection((a.host, a.port), timeout=TIMEOUT)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        greeting = b""
+        while b"\r\n" not in greeting:
+            more = s.recv(4096)
+            if not more:
+                raise ImapError("connection closed before the greeting")
+            greeting += more
+        s.setblocking(False)
+        conn = _MixConn(s)
+        conn.script = _mix_script(conn, a.user_format.format(n=i + 1), a.password, stay, rngs[i], messages)
+        conn.send(next(conn.script))
+        sel.register(s, selectors.EVENT_READ, (i, conn))
+        return conn
+
+    commands = errors = 0
+    for i in range(first, first + count):
+        connect(i)
+    deadline = time.monotonic() + seconds
+    live = count
+    while live:
+        now = time.monotonic()
+        events = sel.select(timeout=min(TIMEOUT, max(0.0, deadline + TIMEOUT - now)))
+        if not events:
+            raise ImapError("no answer within the timeout")
+        closing = now >= deadline
+        for key, _ in events:
+            i, conn = key.data
+            try:
+                data = conn.sock.recv(1 << 18)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise ImapError(f"client {i}: connection closed")
+            if not conn.feed(data):
+                continue
+            answers, conn.answers = conn.answers, []
+            lines, conn.untagged = conn.untagged, []
+            commands += len(answers)
+            for tagged in answers:
+                if tagged.split(b" ", 2)[1] != b"OK":
+                    errors += 1
+                    print(f"  client {i}: {tagged.decode(errors='replace')}", file=sys.stderr)
+            if closing and not conn.closing:
+                conn.closing = True  # time is up: log out from wherever the script is
+                if conn.last != b"LOGOUT":
+                    conn.send([(b"LOGOUT", None)])
+                    continue
+            if conn.closing:
+                sel.unregister(conn.sock)
+                conn.sock.close()
+                live -= 1
+                continue
+            batch = conn.script.send((answers, lines))
+            if batch is None:  # logged out: a new connection for the next round
+                sel.unregister(conn.sock)
+                conn.sock.close()
+                connect(i)
+            else:
+                conn.send(batch)
+    sel.close()
+    return commands, errors
+
+
+def _mixed_worker(a, stay, seconds, messages, first, count, out) -> None:
+    try:
+        out.send(_mixed_run(a, stay, seconds, messages, first, count))
+    except Exception as e:  # reported by the parent
+        out.send(e)
+
+
+def _mixed_messages(n: int = 200) -> list[bytes]:
+    """A fixed pool of messages to APPEND (as imaptest takes them from an mbox), CRLF."""
+    rng = random.Random(7)
+    now = time.time()
+    return [make_message(10_000 + k, rng, now).replace(b"\n", b"\r\n") for k in range(n)]
 
 
 async def _prefill(a) -> None:
@@ -383,17 +640,43 @@ async def _prefill(a) -> None:
 
 
 async def t_mixed(a) -> dict:
+    import multiprocessing
     await _prefill(a)
+    messages = _mixed_messages()
     out = {}
-    for mode, stay in (("relogin", False), ("stay", True)):
-        deadline = time.monotonic() + a.seconds
+    procs = max(1, min(a.client_procs, a.clients))
+    for mode in a.modes.split(","):
+        stay = {"relogin": False, "stay": True}[mode.strip()]
         t0, cpu0 = time.monotonic(), cpu_seconds(a.pid)
-        counts = await asyncio.gather(*(_mixed_client(a, i, stay, deadline) for i in range(a.clients)))
-        out[f"mixed_{mode}_cmds_per_s"] = sum(counts) / (time.monotonic() - t0)
+        if procs == 1:
+            own0 = time.process_time()
+            commands, errors = _mixed_run(a, stay, a.seconds, messages, 0, a.clients)
+            out[f"mixed_{mode}_client_us_per_cmd"] = (time.process_time() - own0) / max(1, commands) * 1e6
+        else:
+            share = [a.clients // procs + (1 if k < a.clients % procs else 0) for k in range(procs)]
+            ctx = multiprocessing.get_context("fork")
+            jobs, first = [], 0
+            for k in range(procs):
+                mine, theirs = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=_mixed_worker, args=(a, stay, a.seconds, messages, first, share[k], theirs))
+                p.start()
+                jobs.append((p, mine))
+                first += share[k]
+            commands = errors = 0
+            for p, mine in jobs:
+                got = mine.recv() if mine.poll(a.seconds + 2 * TIMEOUT) else ImapError("a client process hung")
+                p.join(5)
+                if isinstance(got, Exception):
+                    raise got
+                commands, errors = commands + got[0], errors + got[1]
+        elapsed = time.monotonic() - t0
+        out[f"mixed_{mode}_cmds_per_s"] = commands / elapsed
+        out[f"mixed_{mode}_errors"] = errors
         cpu1 = cpu_seconds(a.pid)
         if cpu0 is not None and cpu1 is not None and cpu1 > cpu0:
             # what one fully used core of the server would answer (the clients share the machine)
-            out[f"mixed_{mode}_cmds_per_server_cpu_s"] = sum(counts) / (cpu1 - cpu0)
+            out[f"mixed_{mode}_cmds_per_server_cpu_s"] = commands / (cpu1 - cpu0)
+            out[f"mixed_{mode}_server_cores"] = (cpu1 - cpu0) / elapsed
     return out
 
 
@@ -600,6 +883,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of each mixed-load mode")
+    ap.add_argument("--modes", default="relogin,stay", help="the mixed load's modes, comma-separated")
+    ap.add_argument("--client-procs", type=int, default=1, help="processes the mixed load's clients are spread over")
     ap.add_argument("--idle", type=int, default=1000, help="connections held in IDLE")
     ap.add_argument("--watchers", type=int, default=50, help="IDLE sessions waiting for one delivery")
     ap.add_argument("--pid", type=int, help="the server's process, for VmRSS")

@@ -33,12 +33,18 @@ def test_populate_and_scenarios(imapd_server):
 
     a = argparse.Namespace(host="127.0.0.1", port=imapd_server.port, user_format=Users(), password="postroom",
                            mailbox="INBOX", clients=1, seconds=0.5, idle=3, watchers=2,
-                           pid=imapd_server.daemon.proc.pid, deliver_maildir=None)
+                           pid=imapd_server.daemon.proc.pid, deliver_maildir=None,
+                           modes="relogin,stay", client_procs=1)
     got = asyncio.run(bench.t_select(a))
     assert got["messages"] == 60 and got["fetched"] == 60
     assert asyncio.run(bench.t_envelope(a))["fetched"] == 60
     assert "sort_date_10000_s" in asyncio.run(bench.t_search(a))
     mixed = asyncio.run(bench.t_mixed(a))
     assert mixed["mixed_relogin_cmds_per_s"] > 0 and mixed["mixed_stay_cmds_per_s"] > 0
+    assert mixed["mixed_relogin_errors"] == 0 and mixed["mixed_stay_errors"] == 0
+    a.clients, a.client_procs, a.modes = 2, 2, "stay"  # clients spread over two processes
+    mixed = asyncio.run(bench.t_mixed(a))
+    assert mixed["mixed_stay_cmds_per_s"] > 0 and mixed["mixed_stay_errors"] == 0
+    a.clients = 1
     assert asyncio.run(bench.t_idle(a))["idle_connections"] == 3
     assert asyncio.run(bench.t_latency(a))["delivery_to_exists_max_s"] < 5
