@@ -100,6 +100,7 @@ class ActiveMessage:
     io: int = 0                                 # spool writes in flight for it
     finishing: bool = False
     data: bytes | None = None                   # the message, kept when small
+    answers: list[str] = field(default_factory=list)   # MDA answers applied, removed once it is finished
 
     @property
     def env(self):
@@ -603,10 +604,32 @@ class QueueManager(Service):
     def _finish_batch(self) -> None:
         todo, self._finishing = self._finishing, []
         for o in range(0, len(todo), BATCH):
-            self._thread(self._each, self._finish_io, todo[o:o + BATCH]).addCallback(self._finished)
+            self._thread(self._finish_many, todo[o:o + BATCH]).addCallback(self._finished)
+
+    def _finish_many(self, msgs: list[ActiveMessage]) -> list:
+        """In the I/O pool: _finish_io for each message, then the removal of the MDA
+        answers they were finished with: once the results are durable (in a status
+        record fsync'd by _finish_io, or by the removal of the spool file, which the
+        fsync of active/ here makes durable), the answers are removed with one fsync
+        of mda-done/. A crash before leaves the answers, which are applied again."""
+        outcomes = self._each(self._finish_io, msgs)
+        answers = [hid for msg, lines in outcomes if not isinstance(lines, Exception) for hid in msg.answers]
+        if answers:
+            try:
+                fsync_dir(self.spool.dir("active"))
+                for hid in answers:
+                    self.spool.path("mda-done", hid).unlink(missing_ok=True)
+                fsync_dir(self.spool.dir("mda-done"))
+            except OSError as e:
+                # Left in mda-done/: the next scan applies them again (the message is gone
+                # or finished, so that changes nothing).
+                log.error("cannot remove MDA answers: {why}", why=str(e))
+        return outcomes
 
     def _finished(self, outcomes) -> None:
         notices = False
+        for msg, _lines in outcomes:
+            self._applying.difference_update(msg.answers)
         for msg, lines in outcomes:
             if isinstance(lines, Exception):
                 # The file stays in active/; the next start picks it up again.
@@ -633,11 +656,13 @@ class QueueManager(Service):
 
     def _finish_io(self, msg: ActiveMessage) -> list:
         lines: list = []
-        if msg.unsynced:
+        goes = not msg.failed_indices and not any(r.state in (PENDING, DEFERRED) for r in msg.env.recipients)
+        if msg.unsynced and not (goes and msg.answers):
             # The last delivery's records (see _flush): durable unless the file goes now.
-            records, msg.unsynced = msg.unsynced, []
-            self.spool.append_status(msg.sf.path, records, sync=bool(msg.failed_indices) or any(
-                r.state in (PENDING, DEFERRED) for r in msg.env.recipients))
+            # (When it goes with MDA answers, not at all: the answers stay until its
+            # removal is durable, and a crash before that applies them again.)
+            self.spool.append_status(msg.sf.path, msg.unsynced, sync=not goes)
+        msg.unsynced = []
         self._send_notices(msg, lines)
         if msg.failed_indices:
             self.spool.append_status(msg.sf.path, [status_record(i, BOUNCED, **info)
@@ -914,6 +939,12 @@ class QueueManager(Service):
                 self.in_mda.pop(qid, None)
             msg.outstanding = max(0, msg.outstanding - 1)
             self._applying.add(hid)
+            if msg.outstanding == 0:
+                # Its last answer: the records go with the message's finishing job, and
+                # the answer is removed after it (see _finish_many).
+                msg.answers.append(hid)
+                self._maybe_finish(msg)
+                continue
 
             def remove_answer(path=path):
                 # Only after the results are durable in the spool file.
