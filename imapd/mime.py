@@ -232,16 +232,42 @@ class Part:
 
 def split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
     """The body parts between `--boundary` delimiter lines. The CRLF before a
-    delimiter belongs to it. A missing close delimiter ends the last part at the end."""
-    delim = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|\Z)", re.M)
+    delimiter belongs to it. A missing close delimiter ends the last part at the end.
+    (Delimiters are found with bytes.find: a regular expression starting with a line
+    break alternative is tried at every octet of a large attachment.)"""
+    marker = b"--" + boundary
+    size = len(body)
     parts: list[bytes] = []
     start = None
-    for m in delim.finditer(body):
+    pos = 0
+    while True:
+        at = body.find(marker, pos)
+        if at < 0:
+            break
+        pos = at + 1
+        if at and body[at - 1] != 0x0A:
+            continue  # not at the start of a line
+        after = at + len(marker)
+        close = body.startswith(b"--", after)
+        if close:
+            after += 2
+        while after < size and body[after] in (0x20, 0x09):
+            after += 1
+        if after < size:
+            if body[after] == 0x0A:
+                after += 1
+            elif body.startswith(b"\r\n", after):
+                after += 2
+            else:
+                continue  # a longer word that starts like the boundary
+        begin = at
+        if at and body[at - 1] == 0x0A:
+            begin = at - 2 if at >= 2 and body[at - 2] == 0x0D else at - 1
         if start is not None:
-            parts.append(body[start: m.start()])
-        if m.group(1):
+            parts.append(body[start:max(begin, start)])
+        if close:
             return parts
-        start = m.end()
+        start = pos = after
         if len(parts) >= MAX_PARTS:
             return parts
     if start is not None:

@@ -99,3 +99,37 @@ def test_any_command_sequence_is_answered(commands):
             data = b"".join(x for x in out if isinstance(x, bytes))
             assert b"\r\nt%d " % i in b"\r\n" + data, (command, data)
             assert b"SERVERBUG" not in data, (command, data)
+
+
+def _split_by_definition(body: bytes, boundary: bytes) -> list[bytes]:
+    """RFC 2046 5.1.1's delimiter lines as one regular expression: the reference the
+    faster split_multipart must agree with."""
+    import re
+
+    from imapd.mime import MAX_PARTS
+    delim = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|\Z)", re.M)
+    parts: list[bytes] = []
+    start = None
+    for m in delim.finditer(body):
+        if start is not None:
+            parts.append(body[start:m.start()])
+        if m.group(1):
+            return parts
+        start = m.end()
+        if len(parts) >= MAX_PARTS:
+            return parts
+    if start is not None:
+        parts.append(body[start:])
+    return parts
+
+
+BODY_PIECES = st.sampled_from([b"--b", b"--b--", b"\r\n", b"\n", b"\r", b" ", b"\t", b"x", b"-", b"b", b"--bx",
+                               b"--b--x", b"--b \t", b"y\r\n"])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(BODY_PIECES, max_size=16))
+def test_multipart_split_agrees_with_the_delimiter_grammar(pieces):
+    from imapd.mime import split_multipart
+    body = b"".join(pieces)
+    assert split_multipart(body, b"b") == _split_by_definition(body, b"b")
