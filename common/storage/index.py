@@ -128,8 +128,10 @@ def crlf_size(data: bytes) -> int:
 
 
 def open_nofollow(path: Path | str) -> BinaryIO:
+    """A message file for reading, unbuffered (whole reads or large steps: no
+    buffer copy, no isatty/lseek per open)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    return open(fd, "rb")
+    return open(fd, "rb", buffering=0)
 
 
 def flag_letters(flags, keyword_index: dict[str, int] | None = None) -> str:
