@@ -31,6 +31,7 @@ import dataclasses
 import errno
 import itertools
 import json
+import mmap
 import os
 import time
 import uuid
@@ -43,6 +44,8 @@ from .fsutil import fsync_dir, write_file_synced
 
 #: Messages up to this size are written with one write(2) (their chunks joined first).
 JOIN_BELOW = 256 * 1024
+#: Spool files up to this size are parsed from one read(2); larger ones are mapped.
+READ_WHOLE = 1024 * 1024
 
 
 def _libc_renameat2():
@@ -213,6 +216,7 @@ class SpoolFile:
     envelope: Envelope
     message_offset: int
     status_records: list[dict[str, Any]]
+    data: bytes | None = None            # the message, when parse() was asked to keep it
 
     @property
     def queue_id(self) -> str:
@@ -225,6 +229,8 @@ class SpoolFile:
         return f
 
     def read_message(self) -> bytes:
+        if self.data is not None:
+            return self.data
         with self.open_message() as f:
             return f.read(self.envelope.size)
 
@@ -232,40 +238,69 @@ class SpoolFile:
         return [(i, r) for i, r in enumerate(self.envelope.recipients) if r.state in (PENDING, DEFERRED)]
 
 
-def parse(path: Path) -> SpoolFile:
-    """Read and check a spool file. Raises CorruptSpoolFile, or OSError."""
-    with open(path, "rb") as f:
-        if f.readline() != MAGIC:
-            raise CorruptSpoolFile(f"{path.name}: bad magic")
-        env_len = _length(f.readline(), b"E")
-        env_data = f.read(env_len)
-        if len(env_data) != env_len or f.read(1) != b"\n":
-            raise CorruptSpoolFile(f"{path.name}: truncated envelope")
+def parse(path: Path, keep_message: int = 0) -> SpoolFile:
+    """Read and check a spool file. Raises CorruptSpoolFile, or OSError.
+
+    A message of up to keep_message bytes is kept in memory (read_message() then
+    reads nothing again). The file is read with one open and, below READ_WHOLE
+    bytes, one read (no buffered file object: its fstat, ioctl and seeks per
+    file were most of a parse's system calls); a larger one is mapped."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size <= READ_WHOLE:
+            buf = os.read(fd, size + 1)
+            while len(buf) > size:      # grown meanwhile (a status record appended): read on
+                more = os.read(fd, 65536)
+                if not more:
+                    break
+                buf += more
+        else:
+            buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    name = path.name if isinstance(path, Path) else os.path.basename(path)
+    if buf[:len(MAGIC)] != MAGIC:
+        raise CorruptSpoolFile(f"{name}: bad magic")
+    pos, env_len = _record_length(buf, len(MAGIC), b"E")
+    env_data = buf[pos:pos + env_len]
+    if len(env_data) != env_len or buf[pos + env_len:pos + env_len + 1] != b"\n":
+        raise CorruptSpoolFile(f"{name}: truncated envelope")
+    try:
+        envelope = Envelope.from_json(env_data)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CorruptSpoolFile(f"{name}: bad envelope: {e}") from None
+    offset, msg_len = _record_length(buf, pos + env_len + 1, b"M")
+    if msg_len != envelope.size:
+        raise CorruptSpoolFile(f"{name}: size mismatch")
+    end = offset + msg_len
+    if buf[end:end + len(END)] != END:
+        raise CorruptSpoolFile(f"{name}: no END marker")
+    records = []
+    lines = buf[end + len(END):].split(b"\n")
+    for line in lines[:-1]:     # the last piece: empty, or a torn final append that never happened
+        if not line.startswith(b"S "):
+            raise CorruptSpoolFile(f"{name}: bad status record")
         try:
-            envelope = Envelope.from_json(env_data)
-        except (ValueError, TypeError, KeyError) as e:
-            raise CorruptSpoolFile(f"{path.name}: bad envelope: {e}") from None
-        msg_len = _length(f.readline(), b"M")
-        offset = f.tell()
-        if msg_len != envelope.size:
-            raise CorruptSpoolFile(f"{path.name}: size mismatch")
-        f.seek(offset + msg_len)
-        if f.read(len(END)) != END:
-            raise CorruptSpoolFile(f"{path.name}: no END marker")
-        records = []
-        for line in f:
-            if not line.endswith(b"\n"):
-                break  # a torn final append: the update never happened
-            if not line.startswith(b"S "):
-                raise CorruptSpoolFile(f"{path.name}: bad status record")
-            try:
-                rec = json.loads(line[2:].decode("utf-8"))
-                r = envelope.recipients[rec["rcpt"]]
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise CorruptSpoolFile(f"{path.name}: bad status record") from None
-            _apply(r, rec)
-            records.append(rec)
-    return SpoolFile(path, envelope, offset, records)
+            rec = json.loads(line[2:].decode("utf-8"))
+            r = envelope.recipients[rec["rcpt"]]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise CorruptSpoolFile(f"{name}: bad status record") from None
+        _apply(r, rec)
+        records.append(rec)
+    sf = SpoolFile(Path(path), envelope, offset, records)
+    if msg_len <= keep_message:
+        sf.data = bytes(buf[offset:end])
+    if isinstance(buf, mmap.mmap):
+        buf.close()
+    return sf
+
+
+def _record_length(buf, pos: int, kind: bytes) -> tuple[int, int]:
+    """The "E n" or "M n" line at pos: (the offset after it, n)."""
+    nl = buf.find(b"\n", pos)
+    after = len(buf) if nl < 0 else nl + 1
+    return after, _length(buf[pos:after], kind)
 
 
 def _length(line: bytes, kind: bytes) -> int:

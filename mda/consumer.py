@@ -42,6 +42,7 @@ Messages are untrusted and only passed to mda.delivery.
 from __future__ import annotations
 
 import os
+import sys
 import zlib
 from pathlib import Path
 
@@ -180,7 +181,7 @@ class HandoffProcessor:
         """Decide every listed recipient: a list of (Prepared or HandoffResult, index,
         address, log context), the new plans added to group."""
         try:
-            sf = parse(Path(handoff.spool_path))
+            sf = parse(Path(handoff.spool_path), keep_message=sys.maxsize)   # one read for both
             message = sf.read_message()
         except (CorruptSpoolFile, OSError) as e:
             log.error("hand-off {hid}: spool file unreadable: {error}", hid=handoff.handoff_id, error=str(e),

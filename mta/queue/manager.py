@@ -387,7 +387,7 @@ class QueueManager(Service):
                 return None   # taken by postroom-queue (hold, delete) meanwhile
         path = self.spool.path("active", qid)
         try:
-            sf = parse(path)
+            sf = parse(path, keep_message=CACHE_LIMIT)
             if sf.queue_id != qid:
                 raise CorruptSpoolFile("queue id does not match the file name")
         except CorruptSpoolFile as e:
@@ -492,7 +492,7 @@ class QueueManager(Service):
         write_file_synced(tmp, encode(env, message))
         os.rename(tmp, sf.path)
         fsync_dir(sf.path.parent)
-        return parse(sf.path)
+        return parse(sf.path, keep_message=CACHE_LIMIT)
 
     # --- status records ------------------------------------------------------
 
