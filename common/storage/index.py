@@ -39,13 +39,16 @@ makes the index be rebuilt from the maildir. Files are opened with O_NOFOLLOW.
 from __future__ import annotations
 
 import array
+import atexit
 import bisect
 import errno
 import fcntl
 import os
+import queue
 import re
 import struct
 import sys
+import threading
 import time
 import zlib
 from collections import OrderedDict
@@ -1367,8 +1370,10 @@ class MailboxState:
         return None
 
     def remove(self, uids, need_deleted: bool) -> tuple[list[int], int]:
-        """Unlink these messages (only those still flagged \\Deleted when need_deleted);
-        returns (removed UIDs, bytes freed). One modification sequence for all."""
+        """Remove these messages (only those still flagged \\Deleted when need_deleted):
+        out of new/ and cur/ at once, their files unlinked in the background
+        (`_discard`); returns (removed UIDs, bytes freed). One modification sequence
+        for all."""
         removed: list[int] = []
         freed = 0
         with self.locked():
@@ -1382,7 +1387,8 @@ class MailboxState:
                 sub, filename = msg.sub, msg.filename
                 for _ in range(RENAME_RETRIES):
                     try:
-                        os.unlink(os.path.join(self._dir, sub, filename))
+                        _discard(os.path.join(self._dir, sub, filename),
+                                 os.path.join(self._dir, "tmp", msg.basename + ".expunged"))
                     except FileNotFoundError:
                         found = self.find(msg.basename)
                         if found is None:
@@ -1483,6 +1489,68 @@ def _settled(listed_at_ns: int, mtime_ns: int) -> bool:
     its mtime stays mtime (see SETTLE_SECONDS)."""
     margin = SETTLE_SECONDS if mtime_ns % 1_000_000_000 == 0 else SETTLE_FINE
     return listed_at_ns - mtime_ns > margin * 1e9
+
+
+class _Reaper:
+    """Unlinks the files of expunged messages in a thread of its own. Unlinking a
+    file frees its blocks and can wait a millisecond on the filesystem's journal;
+    the session expunging (and every other session of its event loop) need not.
+    What is still queued when the process ends stays in tmp/, where delivery's
+    sweep of stale files removes it (the files keep their old mtimes)."""
+
+    def __init__(self):
+        self.queue: "queue.SimpleQueue[str]" = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.pid = 0
+
+    def add(self, path: str) -> None:
+        if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
+            self.pid = os.getpid()
+            self.thread = threading.Thread(target=self._run, name="postroom-reaper", daemon=True)
+            self.thread.start()
+        self.queue.put(path)
+
+    def _run(self) -> None:
+        while True:
+            path = self.queue.get()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass  # already swept, or the folder is gone
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Unlink what is queued now, here (at exit, and for tests), within timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                path = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+_reaper = _Reaper()
+atexit.register(_reaper.drain)
+
+
+def _discard(path: str, trash: str) -> None:
+    """Take a message file out of its folder now (a rename into tmp/, under a name
+    of its own) and unlink it in the background; FileNotFoundError when it is not
+    there (renamed or expunged by someone else). Without a usable tmp/, unlink."""
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        if not os.path.lexists(path):
+            raise
+        os.unlink(path)  # no tmp/ to put it in
+        return
+    except OSError:
+        os.unlink(path)
+        return
+    _reaper.add(trash)
 
 
 def _settles_at(mtime_ns: int, pending: int = 0) -> int:

@@ -327,3 +327,24 @@ def test_own_changes_keep_cur_trusted_without_listing_it(tmp_path, monkeypatch):
     # at most one listing per SETTLE_FINE that passed (plus one), not one per sync
     assert len(cur_listings) <= took / index_mod.SETTLE_FINE + 2, (len(cur_listings), took)
     box.close()
+
+
+def test_expunged_files_leave_the_folder_at_once_and_tmp_soon_after(tmp_path):
+    """An expunge takes the file out of cur/ before it returns (another program
+    listing the maildir no longer sees it) and the background unlink removes it from
+    tmp/ within a bounded time; nothing of it stays."""
+    store = MailStore(tmp_path / "Maildir")
+    for _ in range(3):
+        store.deliver(MSG)
+    box = store.open_mailbox(INBOX)
+    box.store([1, 3], ["\\Deleted"])
+    names = {box.by_uid(1).filename.split(":2,")[0], box.by_uid(3).filename.split(":2,")[0]}
+    assert sorted(box.expunge()) == [1, 3]
+    listed = {n.split(":2,")[0] for n in os.listdir(store.root / "cur")} | set(os.listdir(store.root / "new"))
+    assert not names & listed
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(n.startswith(tuple(names)) for n in os.listdir(store.root / "tmp")):
+        time.sleep(0.01)
+    assert not [n for n in os.listdir(store.root / "tmp") if n.startswith(tuple(names))]
+    assert [m.uid for m in MailStore(store.root).open_mailbox(INBOX, readonly=True).messages] == [2]
+    box.close()
