@@ -37,6 +37,10 @@ LIST_CHARS = ATOM_CHARS | {ord("%"), ord("*"), ord("]")}
 TAG_CHARS = ASTRING_CHARS - {ord("+")}
 FETCH_WORD_CHARS = ATOM_CHARS - {ord("["), ord("<")}
 
+_DIGITS = frozenset(b"0123456789")
+_SECTION_WORD = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.")
+#: Reader._take's compiled character runs, by character set.
+_RUNS: dict[frozenset, re.Pattern] = {}
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,10})(\+?)\}\r?\n\Z")
 
 
@@ -360,11 +364,14 @@ class Reader:
         return False
 
     def _take(self, chars: frozenset) -> bytes:
+        """The longest run of `chars` at the position (one regular expression match per
+        character set, not a Python loop per octet)."""
+        rx = _RUNS.get(chars)
+        if rx is None:
+            rx = _RUNS[chars] = re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in sorted(chars)) + b"]*")
         start = self.pos
-        d = self.data
-        while self.pos < len(d) and d[self.pos] in chars:
-            self.pos += 1
-        return d[start: self.pos]
+        self.pos = rx.match(self.data, start).end()
+        return self.data[start: self.pos]
 
     def atom(self) -> str:
         s = self._take(ATOM_CHARS)
@@ -379,7 +386,7 @@ class Reader:
         return s
 
     def number(self, nonzero: bool = False) -> int:
-        s = self._take(frozenset(b"0123456789"))
+        s = self._take(_DIGITS)
         if not s or len(s) > 10:
             raise ParseError("Expected a number")
         n = int(s)
@@ -389,7 +396,7 @@ class Reader:
 
     def modseq(self, nonzero: bool = True) -> int:
         """mod-sequence-value (RFC 7162): 1*DIGIT up to 2^63 - 1."""
-        s = self._take(frozenset(b"0123456789"))
+        s = self._take(_DIGITS)
         if not s or len(s) > 19:
             raise ParseError("Expected a mod-sequence")
         n = int(s)
@@ -592,7 +599,7 @@ class Reader:
             if not self.maybe(b"."):
                 break
         if not (parts and self.peek() == 0x5D):
-            word = self._take(frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.")).decode().upper()
+            word = self._take(_SECTION_WORD).decode().upper()
             allowed = {"HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT"} | ({"MIME"} if parts else set())
             if word not in allowed:
                 raise ParseError("Invalid section")
