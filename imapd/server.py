@@ -246,7 +246,8 @@ class ImapSession(Protocol):
                 if self._paused or self._closing:
                     break
                 out = self.conn.receive(b"")
-            self._flush()
+            if not self.conn.syncing:
+                self._flush()
         except Exception:  # noqa: BLE001 -- a bug closes one connection, never the daemon
             log.failure("session {session} failed", session=self.session_id)
             self._held.clear()
@@ -283,7 +284,8 @@ class ImapSession(Protocol):
 
     def _apply(self, outputs, hold: bool = False) -> None:
         """Carry out what the core asked. Bytes are written at once unless `hold`
-        (answers to pipelined commands then go out together, up to HOLD_BYTES)."""
+        (answers to pipelined commands then go out together) or a command waits for
+        its syncfs (what came before goes out with its answer), up to HOLD_BYTES."""
         pending = self._held
         flush = self._flush
         for item in outputs:
@@ -299,8 +301,7 @@ class ImapSession(Protocol):
                 flush()
                 self._check_password(item)
             elif isinstance(item, Sync):
-                flush()
-                self._sync(item.path)
+                self._sync(item.path)  # what is held goes out with the answer after it
             elif isinstance(item, Watch):
                 self._start_watch(item.paths)
             elif isinstance(item, Unwatch):
@@ -311,7 +312,7 @@ class ImapSession(Protocol):
             elif isinstance(item, StartCompression):
                 flush()
                 self._deflate = DeflateStream()
-        if not hold or self._held_size >= HOLD_BYTES:
+        if (not hold and not self.conn.syncing) or self._held_size >= HOLD_BYTES:
             flush()
 
     def _close(self):
