@@ -33,6 +33,7 @@ import itertools
 import json
 import mmap
 import os
+import struct
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -500,6 +501,82 @@ class Spool:
             except FileNotFoundError:
                 pass
         return removed
+
+
+_IN_CREATE = 0x100
+_IN_MOVED_TO = 0x80
+_IN_Q_OVERFLOW = 0x4000
+_EVENT = struct.Struct("iIII")   # struct inotify_event: wd, mask, cookie, len (then the name)
+
+
+def _libc_inotify():
+    """(inotify_init1, inotify_add_watch) where the C library has them (Linux), else None."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        init, add = libc.inotify_init1, libc.inotify_add_watch
+    except (OSError, AttributeError):
+        return None
+    init.argtypes = (ctypes.c_int,)
+    add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+    return init, add
+
+
+_inotify = _libc_inotify()
+
+
+def watch_queues(spool: Spool, queues: Iterable[str], reactor, callback) -> Any:
+    """Call callback(queue) when files are renamed or linked into any of queues
+    (inotify on Linux; one call per queue per read of the events, which are only
+    counted, never turned into paths: a wakeup costs one read(2)). Returns an
+    object to stop it with (`stop()`), or None where inotify is unavailable: the
+    caller's periodic scan then finds everything. Removals wake nobody."""
+    if _inotify is None:
+        return None
+    from twisted.internet.abstract import FileDescriptor
+
+    init, add = _inotify
+    fd = init(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        return None
+    names: dict[int, str] = {}
+    try:
+        for q in queues:
+            wd = add(fd, os.fsencode(spool.dir(q)), _IN_MOVED_TO | _IN_CREATE)
+            if wd < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), str(spool.dir(q)))
+            names[wd] = q
+    except BaseException:
+        os.close(fd)
+        raise
+
+    class _Watch(FileDescriptor):
+        def fileno(self) -> int:
+            return fd
+
+        def doRead(self):
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return None
+            seen = set()
+            pos = 0
+            while pos + _EVENT.size <= len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
+                seen.add(names.get(wd) if not mask & _IN_Q_OVERFLOW else None)
+                pos += _EVENT.size + length
+            for q in (names.values() if None in seen else seen):   # lost events: look everywhere
+                if q is not None:
+                    callback(q)
+            return None
+
+        def stop(self) -> None:
+            self.stopReading()
+            os.close(fd)
+
+    watch = _Watch(reactor)
+    watch.startReading()
+    return watch
 
 
 @dataclass

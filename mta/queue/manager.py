@@ -58,7 +58,7 @@ from common.log import get_logger
 from common.smtp.client import ClientOptions, Rcpt, Reply, Transaction
 from common.spool import (BOUNCED, DEFERRED, DELIVERED, PENDING, CorruptSpoolFile, Handoff, Spool,
                           SpoolFile, encode, parse, read_handoff_results,
-                          status_record, write_handoffs)
+                          status_record, watch_queues, write_handoffs)
 
 from ..bounce import RecipientReport, build_dsn, dsn_envelope
 from ..outbound import ConnectionCache, deliver
@@ -213,10 +213,8 @@ class QueueManager(Service):
         if self._pool.started:
             self._pool.stop()
         if self._notifier is not None:
-            try:
-                self._notifier.loseConnection()
-            except Exception:
-                pass
+            self._notifier.stop()
+            self._notifier = None
         yield super().stopService()
         if self._lock is not None:
             os.close(self._lock)
@@ -259,21 +257,14 @@ class QueueManager(Service):
 
     def _watch(self):
         try:
-            from twisted.internet import inotify
-            from twisted.python import filepath
-        except ImportError:
-            return
-        try:
-            n = inotify.INotify(self.reactor)
-            n.startReading()
-            for q in WATCHED:
-                n.watch(filepath.FilePath(str(self.spool.dir(q))),
-                        # IN_CREATE: the receiving side links complete files into incoming/.
-                        mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE | inotify.IN_CREATE,
-                        callbacks=[lambda _watch, _path, _mask, q=q: self.nudge(q)])
-            self._notifier = n
-        except Exception as e:  # no inotify (FreeBSD, limits): the 1 s scan does it
+            # Files renamed or linked into a watched queue (the receiving side links
+            # complete files into incoming/ where renameat2 is missing).
+            self._notifier = watch_queues(self.spool, WATCHED, self.reactor, self.nudge)
+        except OSError as e:  # inotify limits: the 1 s scan does it
             log.info("no inotify ({why}); scanning every second", why=str(e))
+            return
+        if self._notifier is None:
+            log.info("no inotify; scanning every second")
 
     def _periodic(self):
         from common.runner import sessions
