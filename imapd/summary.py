@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 
 from .fetch import ENVELOPE_FIELDS, PART_FIELDS, Fields, structure_node
 from .mime import MAX_DEPTH, MAX_PARTS, split_header
@@ -29,6 +30,47 @@ HEADER_STEP = 4096
 
 _ENVELOPE_NAMES = frozenset(n.decode() for n in ENVELOPE_FIELDS)
 _PART_NAMES = frozenset(n.decode() for n in PART_FIELDS)
+
+
+class _Rendered:
+    """ENVELOPE, BODYSTRUCTURE and BODY as last rendered for a message file, in this
+    process, least recently used out past `budget` bytes: a message's content never
+    changes under its file's base name, and rendering its address lists and parts
+    again is most of what a FETCH of them costs."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.size = 0
+        self.items: OrderedDict[tuple, bytes] = OrderedDict()
+
+    def get(self, key: tuple) -> bytes | None:
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key: tuple, value: bytes) -> None:
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.size -= len(old)
+        self.items[key] = value
+        self.size += len(value)
+        while self.size > self.budget and self.items:
+            _key, dropped = self.items.popitem(last=False)
+            self.size -= len(dropped)
+
+
+_rendered = _Rendered(4 << 20)
+
+
+def rendered(sel, uid: int, kind: str, make) -> bytes:
+    """make() -- the rendering of item `kind` of message uid -- or the one kept."""
+    key = (str(sel.mailbox.path), sel.message(uid).basename, kind)
+    value = _rendered.get(key)
+    if value is None:
+        value = make()
+        _rendered.put(key, value)
+    return value
 
 
 def header_fields(sel, uid: int) -> Fields:

@@ -44,11 +44,13 @@ def _render(conn, sel, uid: int, att: FetchAtt) -> bytes:
         return b"RFC822.SIZE %d" % msg.vsize
     # Envelope and structure come from the mailbox's cache when it has them.
     if name == "ENVELOPE":
-        return b"ENVELOPE " + items.envelope(summary.header_fields(sel, uid))
+        return b"ENVELOPE " + summary.rendered(sel, uid, name, lambda: items.envelope(summary.header_fields(sel, uid)))
     if name == "BODYSTRUCTURE":
-        return b"BODYSTRUCTURE " + items.body_structure(summary.structure(sel, uid), extensible=True)
+        return b"BODYSTRUCTURE " + summary.rendered(
+            sel, uid, name, lambda: items.body_structure(summary.structure(sel, uid), extensible=True))
     if name == "BODY" and att.section is None:
-        return b"BODY " + items.body_structure(summary.structure(sel, uid), extensible=False)
+        return b"BODY " + summary.rendered(
+            sel, uid, name, lambda: items.body_structure(summary.structure(sel, uid), extensible=False))
     loaded = sel.load(uid)
     if att.section is not None and not att.section.part and not att.section.text:
         # BODY[] and BODY.PEEK[]: the whole message, no MIME parse needed

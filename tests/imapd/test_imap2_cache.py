@@ -67,6 +67,10 @@ def test_a_forged_cache_cannot_break_the_protocol(imapd):
     evil_fields = json.dumps({"subject": "x\r\n* BYE forged\r\na1 OK"}).encode()
     bad_shape = json.dumps({"t": "text", "s": "plain", "p": [], "h": {}, "n": "lots"}).encode()
     cache.write_bytes(head + record(1, 1, evil_fields) + record(1, 2, bad_shape))
+    # the server keeps what it rendered for a message file in memory (its content
+    # never changes): a fresh server reads the forged records
+    imapd.daemon.stop()
+    imapd.daemon.start(wait_ports=(imapd.port, imapd.tls_port))
     m = imapd.client()
     m.select("INBOX", readonly=True)
     typ, data = m.uid("FETCH", "1", "(ENVELOPE BODYSTRUCTURE)")
@@ -77,3 +81,15 @@ def test_a_forged_cache_cannot_break_the_protocol(imapd):
     assert data[1].split(b"BODYSTRUCTURE", 1)[1] == honest[0].split(b"BODYSTRUCTURE", 1)[1].split(b" BODY (")[0] + b")"
     assert m.noop()[0] == "OK"  # the session goes on
     m.logout()
+
+
+def test_rendered_items_kept_in_memory_stay_within_their_budget():
+    from imapd.summary import _Rendered
+    kept = _Rendered(100)
+    for i in range(10):
+        kept.put(("box", f"m{i}", "ENVELOPE"), b"x" * 30)
+        assert kept.size <= 100
+    assert kept.get(("box", "m0", "ENVELOPE")) is None  # least recently used went first
+    assert kept.get(("box", "m9", "ENVELOPE")) == b"x" * 30
+    kept.put(("box", "m9", "ENVELOPE"), b"y" * 10)  # replaced, not counted twice
+    assert kept.size == sum(len(v) for v in kept.items.values()) <= 100
