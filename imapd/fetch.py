@@ -10,7 +10,7 @@ parsed by a bounded loop, malformed input yields NIL or a text/plain answer.
 
 from __future__ import annotations
 
-from .mime import Part, count_lines, to_crlf
+from .mime import Part, count_lines, split_header, to_crlf
 from .parser import Section
 from .response import nstring, paren, string
 
@@ -301,6 +301,13 @@ class LoadedMessage:
         if self._tree is None:
             self._tree = Part(self.data)
         return self._tree
+
+    def header_and_body(self) -> tuple[bytes, bytes]:
+        """The top-level header and body, as the tree's root has them, without
+        parsing the MIME parts below (for HEADER, TEXT, RFC822.HEADER, RFC822.TEXT)."""
+        if self._tree is not None:
+            return self._tree.header, self._tree.body
+        return split_header(self.data)
 
     @property
     def size(self) -> int:

@@ -59,11 +59,16 @@ def _render(conn, sel, uid: int, att: FetchAtt) -> bytes:
     if name == "RFC822":
         return b"RFC822 " + literal(loaded.data)
     if name == "RFC822.HEADER":
-        return b"RFC822.HEADER " + literal(loaded.tree.header)
+        return b"RFC822.HEADER " + literal(loaded.header_and_body()[0])
     if name == "RFC822.TEXT":
-        return b"RFC822.TEXT " + literal(loaded.tree.body)
+        return b"RFC822.TEXT " + literal(loaded.header_and_body()[1])
     # BODY[section]<partial> and BODY.PEEK[...]
-    data = items.partial(items.section_bytes(loaded.tree, att.section), att.partial)
+    section = att.section
+    if not section.part and section.text in ("HEADER", "TEXT"):
+        whole = loaded.header_and_body()[0 if section.text == "HEADER" else 1]  # no MIME parse needed
+    else:
+        whole = items.section_bytes(loaded.tree, section)
+    data = items.partial(whole, att.partial)
     label = b"BODY[" + str(att.section).encode() + b"]"
     if att.partial is not None:
         label += b"<%d>" % att.partial[0]

@@ -133,3 +133,11 @@ def test_multipart_split_agrees_with_the_delimiter_grammar(pieces):
     from imapd.mime import split_multipart
     body = b"".join(pieces)
     assert split_multipart(body, b"b") == _split_by_definition(body, b"b")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"Content-Type: multipart/mixed; boundary=b", b"Subject: x", b"\r\n", b"\n",
+                                 b"--b", b"--b--", b" folded", b"body", b":", b""]), max_size=20))
+def test_header_and_text_without_the_tree_are_the_trees(pieces):
+    raw = b"".join(pieces)
+    assert LoadedMessage(raw).header_and_body() == (LoadedMessage(raw).tree.header, LoadedMessage(raw).tree.body)
