@@ -285,6 +285,7 @@ class MailboxState:
         self._ul_pos = 0
         self._ul_ino = 0  # the uidlist file our UIDs agree with
         self._ul_compacted_at = 0  # records the uidlist kept at our last rewrite of it
+        self._ul_dotlock: DotLock | None = None
         self._keywords: list[str | None] = []
         self._keywords_sig: tuple | None = None
         self._flags_memo: dict[str, frozenset[str]] = {}
@@ -1164,7 +1165,7 @@ class MailboxState:
         ul = self._read_uidlist()
         if ul is None:
             # Missing (a new mailbox) or broken: a new one, so UIDVALIDITY is never 0.
-            with DotLock(self.path / UIDLIST, owner=self.store.owner):
+            with self._uidlist_lock():
                 ul = self._read_uidlist() or self._new_uidlist()
         if self.uidvalidity and ul.uidvalidity != self.uidvalidity:
             modseq = self._next_modseq()
@@ -1211,6 +1212,12 @@ class MailboxState:
         self._ul, self._ul_sig, self._ul_pos = ul, sig, end
         return ul
 
+    def _uidlist_lock(self) -> DotLock:
+        """dovecot-uidlist's dotlock (one object per state: it is taken often)."""
+        if self._ul_dotlock is None or self._ul_dotlock.owner != self.store.owner:
+            self._ul_dotlock = DotLock(self.path / UIDLIST, owner=self.store.owner)
+        return self._ul_dotlock
+
     def _new_uidlist(self) -> uidfile.UidList:
         """A fresh dovecot-uidlist (new UIDVALIDITY), written durably; dotlock held
         by the caller or taken here."""
@@ -1230,7 +1237,7 @@ class MailboxState:
         """New UIDs for these base names, appended to dovecot-uidlist (fsync'd unless
         the caller syncs the filesystem) under its dotlock, as Dovecot appends.
         Returns the uidlist."""
-        with DotLock(self.path / UIDLIST, owner=self.store.owner):
+        with self._uidlist_lock():
             ul = self._read_uidlist()
             if ul is None:
                 ul = self._new_uidlist()

@@ -88,14 +88,16 @@ def append(conn, tag, r):
             # The selected mailbox: the next sync shows them here, \Recent (RFC 3501 2.3.2).
             uids = sel.mailbox.append_many(messages, sync)
             uidvalidity = sel.mailbox.uidvalidity
+            path = sel.mailbox.path
         else:
             uidvalidity, uids = conn.store.append_messages(name, messages, sync)
+            path = None if sync else conn.store.mailbox_path(name)
     except MailboxNotFound:
         raise No("Mailbox does not exist", "TRYCREATE") from None
     except QuotaExceeded:
         raise No("Quota exceeded", "OVERQUOTA") from None
     done = Done("Append completed", f"APPENDUID {uidvalidity} {uid_set_text(uids)}")
-    return done if sync else conn.durable_after(tag, "APPEND", conn.store.mailbox_path(name), done)
+    return done if sync else conn.durable_after(tag, "APPEND", path, done)
 
 
 advertise("MULTIAPPEND")
