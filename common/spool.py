@@ -339,19 +339,23 @@ def write_together(items: list[tuple[str, str, list[bytes]]]) -> list:
     started: list = []  # (tmp path, final path, fd) or the exception
     for tmp, final, parts in items:
         try:
-            write_file_synced(tmp, parts, sync=False)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except Exception as e:
             started.append(e)
             continue
         try:
-            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            for chunk in parts:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
         except Exception as e:
+            os.close(fd)
             _unlink_quietly(tmp)
             started.append(e)
             continue
         if _sync_file_range is not None:
             _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a start only: fsync below decides
-        started.append((tmp, final, fd))
+        started.append((tmp, final, fd))   # kept open for its fsync: no second open per file
     out = []
     for item in started:
         if isinstance(item, Exception):
@@ -649,4 +653,11 @@ def write_handoff_results(spool: Spool, handoff_id: str, results: list[HandoffRe
 
 
 def read_handoff_results(path: Path) -> list[HandoffResult]:
-    return [HandoffResult(**r) for r in json.loads(path.read_bytes())]
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)   # not Path.read_bytes: no buffered file object
+    try:
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    finally:
+        os.close(fd)
+    return [HandoffResult(**r) for r in json.loads(data)]
