@@ -470,6 +470,8 @@ class MailboxState:
         """Index of each keyword, adding new ones to dovecot-keywords (under its own
         dotlock, as Dovecot does). Keywords beyond the 26 letters are not stored."""
         wanted = [n for n in names if not n.startswith("\\")]
+        if not wanted:
+            return {}
         for n in wanted:
             if not kwfile.valid_keyword(n):
                 raise StorageError(f"invalid keyword {n!r}", temporary=False)

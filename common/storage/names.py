@@ -13,6 +13,7 @@ directory it maps to is always a direct child of the user's maildir.
 from __future__ import annotations
 
 import base64
+import functools
 
 SEPARATOR = "."
 INBOX = "INBOX"
@@ -92,9 +93,15 @@ def validate_mailbox_name(name: str) -> str:
     """Return the canonical form of a Unicode mailbox name or raise ValueError.
 
     INBOX is case-insensitive (RFC 3501 5.1): "inbox" and "Inbox.Sub" become
-    "INBOX" and "INBOX.Sub"."""
+    "INBOX" and "INBOX.Sub". (A session names the same few mailboxes over and over:
+    the answers for valid names are remembered.)"""
     if not isinstance(name, str) or not name:
         raise NameError_("empty mailbox name")
+    return _canonical(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical(name: str) -> str:
     if len(name) > MAX_ENCODED_LENGTH:
         raise NameError_("mailbox name too long")
     for ch in name:
