@@ -1181,6 +1181,15 @@ class MailboxState:
         """dovecot-uidlist as it is now: only the appended part is parsed when the
         file grew; None when missing (a broken one is rebuilt by the caller's lock)."""
         try:
+            st = os.stat(self._uidlist_path, follow_symlinks=False)
+        except FileNotFoundError:
+            self._ul = self._ul_sig = None
+            return None
+        if self._ul is not None and self._ul_sig is not None and st.st_ino == self._ul_sig[0] \
+                and st.st_size == self._ul_pos:
+            self._ul_sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+            return self._ul  # as we know it: no need to open it
+        try:
             fd = os.open(self._uidlist_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             self._ul = self._ul_sig = None
