@@ -33,6 +33,7 @@ import itertools
 import json
 import mmap
 import os
+import re
 import struct
 import time
 import uuid
@@ -586,9 +587,10 @@ def watch_queues(spool: Spool, queues: Iterable[str], reactor, callback) -> Any:
 @dataclass
 class Handoff:
     """The queue manager's request to the MDA: deliver these local recipients of one
-    spool file. Written durably to mda/<handoff_id>; the MDA answers in
-    mda-done/<handoff_id> with one HandoffResult per recipient, durably, and only
-    then removes the request. The queue manager applies the results as status
+    spool file. Written durably into mda/, in a request file with the hand-offs of
+    the other messages loaded with it (write_handoffs; the file is named by the
+    first); the MDA answers each in mda-done/<handoff_id> with one HandoffResult per
+    recipient, durably, and only then removes the request file. The queue manager applies the results as status
     records, then removes the answer. Each side can crash at any point: the
     request or the answer is still there, and the MDA's own delivery journal
     (keyed by the spool file's queue ID and the recipient index, not the
@@ -616,29 +618,61 @@ class HandoffResult:
     reason: str = ""
 
 
+#: a hand-off ID: "<queue ID>.<attempt>" (it names the answer in mda-done/)
+_HANDOFF_ID = re.compile(r"[0-9A-Za-z]{1,64}\.[0-9A-Za-z]{1,32}\Z")
+
+
+def handoff_request(handoffs: list[Handoff]) -> bytes:
+    """The content of one request file in mda/: one hand-off as it is, several as
+    {"handoffs": [...]} (the file is named by the first)."""
+    if len(handoffs) == 1:
+        return handoffs[0].to_json()
+    return b'{"handoffs":[' + b",".join(h.to_json() for h in handoffs) + b"]}"
+
+
+def read_handoff_request(name: str, data: bytes) -> list[Handoff]:
+    """The hand-offs of request file mda/<name>, checked: each names its answer in
+    mda-done/ (a plain "<queue ID>.<attempt>", never a path), the first is the file's
+    name. Raises ValueError (or TypeError, KeyError) for a file that does not parse."""
+    d = json.loads(data)
+    if not isinstance(d, dict):
+        raise ValueError("not a hand-off")
+    entries = d["handoffs"] if "handoffs" in d else [d]
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise ValueError("no hand-offs")
+    handoffs = [Handoff(**e) for e in entries]
+    if handoffs[0].handoff_id != name:
+        raise ValueError("hand-off id mismatch")
+    for h in handoffs:
+        if (not isinstance(h.handoff_id, str) or not _HANDOFF_ID.match(h.handoff_id)
+                or not isinstance(h.queue_id, str) or not isinstance(h.spool_path, str)
+                or not isinstance(h.recipients, list)):
+            raise ValueError("bad hand-off")
+    return handoffs
+
+
 def write_handoff(spool: Spool, handoff: Handoff) -> Path:
-    from .fsutil import write_durably
-    return write_durably(spool.dir("mda"), handoff.handoff_id, [handoff.to_json()], tmp_dir=spool.dir("tmp"))
+    return write_handoffs(spool, [handoff])
 
 
-def write_handoffs(spool: Spool, handoffs: list[Handoff]) -> list:
-    """write_handoff() for several hand-offs with one fsync of mda/ (group commit): one
-    path (a str) or exception per hand-off. Each file is fsync'd before its rename into
-    mda/, and none is reported written before mda/ is fsync'd. (The removal of the
-    temporary names from tmp/ needs no fsync: a crash at worst leaves a leftover
-    there, which the next start cleans.)"""
+def write_handoffs(spool: Spool, handoffs: list[Handoff]) -> Path:
+    """One request file in mda/ for several hand-offs (the messages the queue manager
+    loaded together), durable on return: written under tmp/, fsync'd, renamed into
+    mda/ (never over a file), mda/ fsync'd. (The removal of the temporary name needs
+    no fsync: a crash at worst leaves a leftover in tmp/, which the next start cleans.)
+    The MDA answers each hand-off in mda-done/ and removes the request once every one
+    of them is answered durably."""
     root = str(spool.root)
-    out = write_together([(f"{root}/tmp/.handoff.{h.handoff_id}", f"{root}/mda/{h.handoff_id}", [h.to_json()])
-                          for h in handoffs])
-    if any(not isinstance(o, Exception) for o in out):
-        try:
-            fsync_dir(spool.dir("mda"))
-        except OSError as e:
-            for o in out:
-                if not isinstance(o, Exception):
-                    _unlink_quietly(o)   # take them back: their recipients are deferred
-            out = [o if isinstance(o, Exception) else e for o in out]
-    return out
+    name = handoffs[0].handoff_id
+    tmp, final = f"{root}/tmp/.handoff.{name}", f"{root}/mda/{name}"
+    write_file_synced(tmp, [handoff_request(handoffs)])
+    try:
+        rename_no_replace(tmp, final)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    fsync_dir(spool.dir("mda"))
+    return Path(final)
 
 
 def write_handoff_results(spool: Spool, handoff_id: str, results: list[HandoffResult],

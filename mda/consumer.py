@@ -1,15 +1,18 @@
 """mda.consumer -- the spool consumer: deliver the queue manager's hand-offs.
 
-The queue manager writes mda/<handoff_id> (a `common.spool.Handoff`: which local
-recipients of which spool file). A worker takes a batch of hand-offs and:
+The queue manager writes request files into mda/, each holding the hand-offs of the
+messages it loaded together (`common.spool.Handoff`: which local recipients of which
+spool file; the file is named by the first). A worker takes a batch of request
+files and:
 
 1. decides every listed recipient's delivery (`Deliverer.prepare`: the plan an
    earlier attempt recorded, else Sieve's, recorded in the journal) and makes the
    new plans durable together;
 2. carries the plans out (`Deliverer.commit`) and makes every maildir write of the
    batch durable together;
-3. writes mda-done/<handoff_id> with one `HandoffResult` per recipient, durably;
-4. only then removes mda/<handoff_id>, and forgets the plans of recipients
+3. writes mda-done/<handoff_id> for each hand-off, with one `HandoffResult` per
+   recipient, durably;
+4. only then removes the request files, and forgets the plans of recipients
    answered for good (delivered or bounced).
 
 Each step's writes are made durable together (mda.groupsync: one syncfs(2) per
@@ -22,7 +25,10 @@ per attempt), and every attempt looks for it first (see mda.delivery). An answer
 already in mda-done/ means only the removal was missed.
 
 With consumer.processes above one, that many consumer processes share mda/, each
-taking the hand-offs of its share of queue IDs (`partition_of`).
+taking the request files of its share (`partition_of`). A request holds several
+messages, so a later attempt for one of them may reach another process than the
+first: for a recipient with an earlier answer, memory lacking its plan, the
+journal's folder is read again (mda.journal).
 
 Hand-offs are picked up at once through inotify (Linux), and by a scan every
 scan_interval everywhere, whether or not the folder changed (the only way on
@@ -55,7 +61,8 @@ from common.errors import MailError
 from common.fsutil import fsync_dir
 from common.log import get_logger
 from common.spool import (BOUNCED, DEFERRED, DELIVERED, CorruptSpoolFile, Handoff, HandoffResult, Spool, parse,
-                          read_handoff_results, watch_queues, write_handoff_results)
+                          read_handoff_request, read_handoff_results, watch_queues,
+                          write_handoff_results)
 
 from .crashpoints import crash_point
 from .delivery import Deliverer, DeliveryRequest, Prepared
@@ -74,9 +81,9 @@ PRUNE_INTERVAL = 86400.0
 
 
 def partition_of(handoff_id: str, processes: int) -> int:
-    """Which of several consumer processes takes a hand-off: by its message's queue ID
-    (a hand-off is named <queue ID>.<attempt>), so every attempt for a message goes to
-    the same process, whose memory of plans is then complete (mda.journal)."""
+    """Which of several consumer processes takes a request file: by the queue ID of its
+    first hand-off (named <queue ID>.<attempt>), so a request retried after a crash
+    goes to the same process."""
     return zlib.crc32(handoff_id.split(".", 1)[0].encode()) % processes
 
 
@@ -101,21 +108,26 @@ class HandoffProcessor:
         nothing to do)."""
         return self.process_batch([handoff_id]).get(handoff_id)
 
-    def process_batch(self, handoff_ids: list[str]) -> dict[str, list[HandoffResult]]:
-        """Deliver several hand-offs, then answer them all with one directory fsync
-        (group commit), then remove them all with one more."""
-        finished: list[str] = []
+    def process_batch(self, names: list[str]) -> dict[str, list[HandoffResult]]:
+        """Deliver the hand-offs of several request files, then answer each hand-off
+        (one group commit), then remove the requests (one more). Returns the results
+        by hand-off ID."""
+        requests: list[str] = []  # the request files read: removed once every hand-off in them is answered
         final: list[str] = []    # exactly-once keys answered for good: their plans go
         work: list[tuple[str, Handoff, list]] = []   # (hid, hand-off, slots)
         group = GroupSync(shared=self.deliverer.shared_sync)
         crash_point("start")
-        for hid in handoff_ids:
-            if os.path.exists(os.path.join(self.done_dir, hid)):
-                finished.append(hid)   # answered before a crash; only the removal was missed
-                final += self._answered_for_good(hid)
+        for name in names:
+            handoffs = self._read(name)
+            if handoffs is None:
                 continue
-            handoff = self._read(hid)
-            if handoff is not None:
+            requests.append(name)
+            for handoff in handoffs:
+                hid = handoff.handoff_id
+                if os.path.exists(os.path.join(self.done_dir, hid)):
+                    # answered before a crash; only the request's removal was missed
+                    final += self._answered_for_good(handoff)
+                    continue
                 work.append((hid, handoff, self.prepare_all(handoff, group)))
         self.deliverer.record_plans(group)
         group.flush()            # every new plan is durable before the first write
@@ -134,9 +146,9 @@ class HandoffProcessor:
             group.flush()
         crash_point("after_results")
         removed = False
-        for hid in [*answers, *finished]:
+        for name in requests:
             try:
-                os.unlink(os.path.join(self.mda_dir, hid))
+                os.unlink(os.path.join(self.mda_dir, name))
                 removed = True
             except FileNotFoundError:
                 pass
@@ -149,34 +161,31 @@ class HandoffProcessor:
             self.forget(final)
         return answers
 
-    def _answered_for_good(self, handoff_id: str) -> list[str]:
+    def _answered_for_good(self, handoff: Handoff) -> list[str]:
         """The keys of an answered hand-off's recipients that were delivered or bounced."""
-        handoff = self._read(handoff_id)
         try:
-            results = read_handoff_results(self.spool.path("mda-done", handoff_id))
+            results = read_handoff_results(self.spool.path("mda-done", handoff.handoff_id))
         except (OSError, ValueError, TypeError):
-            return []
-        if handoff is None:
             return []
         return [key_of(handoff.queue_id, r.rcpt) for r in results if r.state != DEFERRED]
 
-    def _read(self, handoff_id: str) -> Handoff | None:
+    def _read(self, name: str) -> list[Handoff] | None:
+        """The hand-offs of request file mda/<name> (None: gone, or moved to corrupt/)."""
         try:
-            fd = os.open(os.path.join(self.mda_dir, handoff_id), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(os.path.join(self.mda_dir, name), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 data = os.read(fd, 1 << 20)
             finally:
                 os.close(fd)
-            handoff = Handoff.from_json(data)
-            if handoff.handoff_id != handoff_id or not isinstance(handoff.recipients, list):
-                raise ValueError("hand-off id mismatch")
-            key_of(handoff.queue_id, 0)
-            return handoff
+            handoffs = read_handoff_request(name, data)
+            for handoff in handoffs:
+                key_of(handoff.queue_id, 0)
+            return handoffs
         except FileNotFoundError:
             return None
         except (ValueError, TypeError, KeyError) as e:
-            log.error("hand-off {hid} does not parse ({error}); moved to corrupt/", hid=handoff_id, error=str(e))
-            self.spool.move(handoff_id, "mda", "corrupt")
+            log.error("hand-off {hid} does not parse ({error}); moved to corrupt/", hid=name, error=str(e))
+            self.spool.move(name, "mda", "corrupt")
             return None
 
     def prepare_all(self, handoff: Handoff, group: GroupSync) -> list:
@@ -201,7 +210,7 @@ class HandoffProcessor:
             req = DeliveryRequest(
                 message=message, sender=env.sender, recipient=rcpt.address, user=rcpt.mailbox,
                 detail=rcpt.folder, original_recipient=rcpt.original, key=key_of(handoff.queue_id, index),
-                trace_id=env.trace_id, queue_id=env.queue_id, group=group)
+                trace_id=env.trace_id, queue_id=env.queue_id, group=group, retry=rcpt.attempts > 0)
             ctx = req.log_context()
             try:
                 slots.append((self.deliverer.prepare(req), index, rcpt.address, ctx))

@@ -77,6 +77,9 @@ class DeliveryRequest:
     detail: str | None = None           # the +detail, when the MTA already split it off
     original_recipient: str | None = None   # as given in RCPT TO, before aliases (Sieve's envelope "to")
     key: str | None = None              # exactly-once key: queue ID.recipient index (spool consumer)
+    #: an earlier attempt was answered (spool consumer): its plan may have been made by
+    #: another consumer process, so the journal's folder is read again when memory lacks it
+    retry: bool = False
     trace_id: str | None = None
     queue_id: str | None = None
     #: when given: the plan and the maildir files written are not fsync'd but added
@@ -361,7 +364,7 @@ class Deliverer:
             delivered_line = f"Delivered-To: {req.recipient}".encode("utf-8") + eol
             data = (f"Return-Path: <{req.sender}>".encode("utf-8") + eol + delivered_line
                     + drop_header(req.message, b"Return-Path"))
-            found = self.journal.load(req.key) if req.key else None
+            found = self.journal.load(req.key, refresh=req.retry) if req.key else None
             if found is not None and found[0].user == rec.name:
                 plan, path = found
                 group = req.group if req.group is not None else GroupSync()

@@ -19,7 +19,10 @@ The plans are also kept in memory, by key (read from the folder at the first
 lookup after a start), so the check every delivery makes costs no system call. A
 file is removed once every plan in it is answered for good (delivered or
 bounced); files left behind (a message the queue expired while deferred) are
-pruned by age. One consumer per spool, as before: the memory is this process's.
+pruned by age. The memory is this process's: with several consumer processes, a
+retry (a recipient answered before) whose plan memory lacks looks through the files
+written since by the others (`load(refresh=True)`); such a file stays its writer's
+to remove, and one whose last plan was answered elsewhere is pruned by age.
 
 A batch file is written without its own fsync: the caller makes it durable with
 the batch (mda.groupsync) before the first maildir write. A file torn by a crash
@@ -120,15 +123,37 @@ class Journal:
         except (ValueError, TypeError, KeyError, AttributeError):
             return None   # torn by a crash before its sync: nothing was written after it
 
-    def load(self, key: str) -> tuple[Plan, str] | None:
-        """The plan recorded for key and the path of its file, or None."""
+    def load(self, key: str, refresh: bool = False) -> tuple[Plan, str] | None:
+        """The plan recorded for key and the path of its file, or None. refresh: when
+        memory has none, read the files written since (by another consumer process:
+        a retry's first attempt may have been made there)."""
         with self._lock:
             if not self._loaded:
                 self._load_all()
             found = self._plans.get(key)
+            if found is None and refresh:
+                found = self._find(key)
         if found is None:
             return None
         return found[0], os.path.join(self.dir_name, found[1])
+
+    def _find(self, key: str) -> tuple[Plan, str] | None:
+        """key's plan in a file this process does not hold (written by another consumer
+        process since the start), kept in memory for this key only. The file stays the
+        other process's to remove (it is not counted here), so forgetting the key here
+        never removes plans that process still needs."""
+        try:
+            names = sorted(os.listdir(self.dir_name))
+        except FileNotFoundError:
+            return None
+        for name in names:
+            if name in self._pending:
+                continue
+            plans = self._read(name)
+            if plans and key in plans:
+                self._plans[key] = (plans[key], name)
+                return self._plans[key]
+        return None
 
     def write(self, plans: dict[str, Plan]) -> str:
         """Record a batch's plans in a new file, not yet durable: the caller syncs the

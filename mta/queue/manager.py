@@ -7,8 +7,7 @@ records as done:
 - incoming/ -> active/: a message the scheduler works on. Its pending recipients
   are routed (routing.py); remote ones are grouped per next hop into deliveries
   (outbound.py), local ones go to the MDA as one `Handoff` in mda/ (the hand-offs
-  of the messages loaded together are written by one I/O job with one fsync of
-  mda/: common.spool.write_handoffs).
+  of the messages loaded together in one request file: common.spool.write_handoffs).
 - Each delivery's per-recipient outcome is appended as a status record and
   fsync'd the moment the server's reply arrives: delivered, deferred (reason and
   next attempt) or bounced. A permanent failure is first written as a notice into
@@ -57,7 +56,7 @@ from common.fsutil import fsync_dir, write_file_synced
 from common.log import get_logger
 from common.smtp.client import ClientOptions, Rcpt, Reply, Transaction
 from common.spool import (BOUNCED, DEFERRED, DELIVERED, PENDING, CorruptSpoolFile, Handoff, Spool,
-                          SpoolFile, encode, parse, read_handoff_results,
+                          SpoolFile, encode, parse, read_handoff_request, read_handoff_results,
                           status_record, watch_queues, write_handoffs)
 
 from ..bounce import RecipientReport, build_dsn, dsn_envelope
@@ -825,8 +824,8 @@ class QueueManager(Service):
 
     def _handoff(self, msg: ActiveMessage, indices: list[int]) -> None:
         """Hand msg's local recipients to the MDA. The hand-offs made in one reactor turn
-        (the messages of one load) are written by one I/O job, BATCH at a time, with one
-        fsync of mda/ for them all."""
+        (the messages of one load) go into one request file in mda/, BATCH at a time
+        (common.spool.write_handoffs); each is still answered on its own."""
         hid = f"{msg.qid}.{uuid.uuid4().hex[:8]}"
         self._add_handoff(hid, msg.qid)
         self.in_mda.setdefault(msg.qid, set()).update(indices)
@@ -840,8 +839,6 @@ class QueueManager(Service):
         for o in range(0, len(todo), BATCH):
             chunk = todo[o:o + BATCH]
             d = self._thread(write_handoffs, self.spool, [h for _, h in chunk])
-            d.addCallback(lambda outcomes, chunk=chunk: [self._handoff_failed(msg, h, str(e)) for (msg, h), e
-                                                         in zip(chunk, outcomes) if isinstance(e, Exception)])
             d.addErrback(lambda f, chunk=chunk: [self._handoff_failed(msg, h, f.getErrorMessage())
                                                  for msg, h in chunk])
 
@@ -869,14 +866,15 @@ class QueueManager(Service):
     def _recover_handoffs(self) -> None:
         """After a restart: requests still in mda/ are in flight (their recipients are
         not routed again); answers in mda-done/ are applied by _apply_mda_results."""
-        for hid in self.spool.list("mda"):
+        for name in self.spool.list("mda"):
             try:
-                h = Handoff.from_json(self.spool.path("mda", hid).read_bytes())
-            except (OSError, ValueError, TypeError) as e:
-                log.error("unreadable hand-off {hid}: {why}", hid=hid, why=str(e))
+                handoffs = read_handoff_request(name, self.spool.path("mda", name).read_bytes())
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                log.error("unreadable hand-off {hid}: {why}", hid=name, why=str(e))
                 continue
-            self._add_handoff(hid, h.queue_id)
-            self.in_mda.setdefault(h.queue_id, set()).update(h.recipients)
+            for h in handoffs:
+                self._add_handoff(h.handoff_id, h.queue_id)
+                self.in_mda.setdefault(h.queue_id, set()).update(h.recipients)
         for hid in self.spool.list("mda-done"):
             if hid not in self.handoffs:
                 # Answered while we were down (the MDA removed the request): the answer

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from common.spool import (Envelope, Handoff, Recipient, Spool, read_handoff_results, write_handoff)
+from common.spool import (Envelope, Handoff, Recipient, Spool, read_handoff_results, write_handoff,
+                          write_handoffs)
 from tests.mda.mda_support import (MESSAGE, all_message_files, folder_files, maildir, mda_config, small_maildir_disk,
                                    write_script)
 from tests.mda.test_mda_delivery import STANDARD_NAME
@@ -127,6 +128,33 @@ def test_sigkill_at_each_step_leaves_exactly_one_copy(tmp_path, daemon_factory, 
     if point != "after_remove":
         wait_for(lambda: not list((tmp_path / "state" / "mda" / "journal").iterdir()), timeout=10,
                  what="plans removed")
+
+
+@pytest.mark.parametrize("point", ["after_plans", "between_folders", "before_results", "after_results",
+                                   "after_remove"])
+def test_sigkill_with_a_request_of_several_messages_leaves_exactly_one_copy_each(tmp_path, daemon_factory, point):
+    """The queue manager's request file for messages loaded together: each hand-off is
+    answered on its own, the request goes after all answers, and a crash at any step
+    leaves one copy of each message."""
+    etc = mda_config(tmp_path, MDA_YAML)
+    write_script(tmp_path, 'require ["fileinto", "copy"]; fileinto :copy "Archive";')
+    spool = Spool(tmp_path / "spool")
+    handoffs = []
+    for rcpts in ([Recipient("alice@example.test"), Recipient("bob@example.test")], [Recipient("alice@example.test")]):
+        env, path = queue_message(spool, rcpts)
+        handoffs.append(Handoff(f"{env.queue_id}.r1", env.queue_id, str(path), list(range(len(rcpts)))))
+    write_handoffs(spool, handoffs)
+    assert spool.list("mda") == [handoffs[0].handoff_id]
+    crashing = daemon_factory(etc, env={"POSTROOM_TEST_CRASH_AT": point})
+    assert crashing.proc.wait(30) == -signal.SIGKILL
+    crashing.log.close()
+    daemon_factory(etc)
+    for h in handoffs:
+        results = wait_for(lambda: answered(spool, h.handoff_id), timeout=20, what="the answers after the restart")
+        assert sorted((r.rcpt, r.state) for r in results) == [(i, "delivered") for i in h.recipients]
+    wait_for(lambda: not spool.list("mda"), timeout=20, what="the request removed")
+    assert len(folder_files(tmp_path, "INBOX")) == 2 and len(folder_files(tmp_path, "Archive")) == 2
+    assert len(all_message_files(tmp_path, "bob")) == 1
 
 
 @pytest.mark.parametrize("point", ["between_folders", "after_deliver", "before_results"])

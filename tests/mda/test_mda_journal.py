@@ -62,3 +62,20 @@ def test_files_older_than_the_limit_are_pruned(tmp_path):
     assert journal.prune() == 1
     assert not os.path.exists(old) and os.path.exists(new)
     assert journal.load(old_key) is None and journal.load(new_key) is not None
+
+
+def test_a_retry_finds_the_plan_another_process_made_since_and_leaves_its_file(tmp_path):
+    """Two consumer processes (two journals on one folder, each loaded at its start):
+    a retry reaching the second finds the plan the first recorded since; answered
+    for good there, the file stays for the first, whose other plans it holds."""
+    first, second = Journal(tmp_path), Journal(tmp_path)
+    assert second.load(key_of("0661B5FA9E07CA0152C000", 9)) is None       # loaded at its start
+    a, b = key_of("0661B5FA9E07CA0152C000", 0), key_of("0661B5FA9E07CA0152C001", 0)
+    path = first.write({a: plan(), b: plan(folder="Lists")})
+    assert second.load(a) is None                                        # memory only: a first attempt
+    assert second.load(a, refresh=True) == (plan(), path)
+    assert second.load(b) is None                                        # only the plan looked for is kept
+    second.forget([a])
+    assert os.path.exists(path) and first.load(b)[0].folders[0]["name"] == "Lists"
+    first.forget([a, b])
+    assert not os.path.exists(path)

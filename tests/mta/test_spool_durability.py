@@ -184,19 +184,25 @@ def test_spool_write_never_replaces_a_queued_file(tmp_path):
     assert os.listdir(spool.dir("tmp")) == []
 
 
-def test_handoffs_written_together_are_each_complete_and_never_replace_one(tmp_path):
-    """The queue manager's group commit of hand-offs: every hand-off reported written
-    is complete in mda/ (its temporary name gone); one whose name is taken fails
-    alone and leaves the file there untouched."""
+def test_handoffs_of_several_messages_in_one_request_that_never_replaces_one(tmp_path):
+    """The queue manager's hand-offs of messages loaded together: one request file in
+    mda/, named by the first, that gives every hand-off back (its temporary name
+    gone); a name already taken fails and leaves that file untouched; a request
+    whose hand-off ID could name a path elsewhere does not parse."""
     spool = spoolmod.Spool(tmp_path / "spool", create=True)
-    taken = spool.path("mda", "Q2.b")
-    taken.write_bytes(b"the MDA's copy")
     handoffs = [spoolmod.Handoff(f"Q{i}.b", f"Q{i}", f"/spool/active/Q{i}", [0, i]) for i in range(4)]
-    outcomes = spoolmod.write_handoffs(spool, handoffs)
-    assert isinstance(outcomes[2], FileExistsError), outcomes
-    assert taken.read_bytes() == b"the MDA's copy"
-    for h, outcome in zip(handoffs, outcomes):
-        if h.handoff_id != "Q2.b":
-            assert outcome == str(spool.path("mda", h.handoff_id))
-            assert spoolmod.Handoff.from_json(spool.path("mda", h.handoff_id).read_bytes()) == h
+    path = spoolmod.write_handoffs(spool, handoffs)
+    assert path == spool.path("mda", "Q0.b") and os.listdir(spool.dir("mda")) == ["Q0.b"]
+    assert spoolmod.read_handoff_request("Q0.b", path.read_bytes()) == handoffs
     assert os.listdir(spool.dir("tmp")) == []
+    # one hand-off alone is written as before (one JSON object)
+    single = spoolmod.write_handoffs(spool, [spoolmod.Handoff("Q9.c", "Q9", "/spool/active/Q9", [0])])
+    assert spoolmod.Handoff.from_json(single.read_bytes()).queue_id == "Q9"
+    with pytest.raises(FileExistsError):
+        spoolmod.write_handoffs(spool, [spoolmod.Handoff("Q0.b", "Q0", "/elsewhere", [1])] + handoffs[1:])
+    assert spoolmod.read_handoff_request("Q0.b", path.read_bytes()) == handoffs
+    assert os.listdir(spool.dir("tmp")) == []
+    evil = spoolmod.handoff_request([handoffs[0], spoolmod.Handoff("../../x", "Q5", "/spool/active/Q5", [0])])
+    for name, data in (("Q0.b", evil), ("Q1.b", path.read_bytes()), ("Q0.b", b"[]"), ("Q0.b", b'{"handoffs":[]}')):
+        with pytest.raises((ValueError, TypeError, KeyError)):
+            spoolmod.read_handoff_request(name, data)
