@@ -9,7 +9,8 @@ import email.policy
 import signal
 import time
 
-from common.spool import Handoff, HandoffResult, Recipient, Spool, parse, write_handoff_results
+from common.spool import (Handoff, HandoffResult, Recipient, Spool, parse, read_handoff_request,
+                          write_handoff_results)
 from tests.support import free_port, wait_for
 
 from .queue_sink import (Sink, mta_config, sink_config, sink_scanned_hourly, spool_files, spool_message,
@@ -20,11 +21,11 @@ def _local_dsns(spool_root):
     """DSNs the manager handed to the MDA (their recipient is local): parsed emails."""
     out = []
     spool = Spool(spool_root)
-    for hid in spool_files(spool_root, "mda"):
-        h = Handoff.from_json((spool_root / "mda" / hid).read_bytes())
-        sf = parse(spool.path("active", h.queue_id))
-        if sf.envelope.source == "bounce":
-            out.append((sf, email.message_from_bytes(sf.read_message(), policy=email.policy.default)))
+    for name in spool_files(spool_root, "mda"):
+        for h in read_handoff_request(name, (spool_root / "mda" / name).read_bytes()):
+            sf = parse(spool.path("active", h.queue_id))
+            if sf.envelope.source == "bounce":
+                out.append((sf, email.message_from_bytes(sf.read_message(), policy=email.policy.default)))
     return out
 
 
