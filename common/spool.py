@@ -329,10 +329,12 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def write_together(items: list[tuple[str, str, list[bytes]]]) -> list:
+def write_together(items: list[tuple[str, str, list[bytes]]], sync: bool = True) -> list:
     """Write several files (temp path, final path, chunks), each fsync'd and then
     renamed to its final path without replacing anything: one final path (a str) or
     exception per item. The directories are not fsync'd: the caller does that once.
+    With sync=False the files are not fsync'd either: the caller makes the whole
+    batch durable with one syncfs(2) (common.fsutil.syncfs) before telling anyone.
 
     The writes come first and their writeback is started together (sync_file_range(2)
     where it exists), so the fsyncs that follow mostly find their data on its way and
@@ -354,7 +356,7 @@ def write_together(items: list[tuple[str, str, list[bytes]]]) -> list:
             _unlink_quietly(tmp)
             started.append(e)
             continue
-        if _sync_file_range is not None:
+        if sync and _sync_file_range is not None:
             _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a start only: fsync below decides
         started.append((tmp, final, fd))   # kept open for its fsync: no second open per file
     out = []
@@ -365,7 +367,8 @@ def write_together(items: list[tuple[str, str, list[bytes]]]) -> list:
         tmp, final, fd = item
         try:
             try:
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             rename_no_replace(tmp, final)
@@ -396,10 +399,11 @@ class Spool:
     def path(self, queue: str, queue_id: str) -> Path:
         return self.dir(queue) / queue_id
 
-    def write_many(self, items: list[tuple[Envelope, Iterable[bytes]]], queue: str = "incoming") -> list:
+    def write_many(self, items: list[tuple[Envelope, Iterable[bytes]]], queue: str = "incoming",
+                   sync: bool = True) -> list:
         """write() for several messages (sync_dir=False): one path (a str) or exception
-        per item (see write_together)."""
-        if len(items) == 1 or _sync_file_range is None:
+        per item (see write_together; sync=False: the caller syncs the filesystem)."""
+        if sync and (len(items) == 1 or _sync_file_range is None):
             out: list = []
             for envelope, chunks in items:
                 try:
@@ -411,7 +415,7 @@ class Spool:
         root = str(self.root)
         return write_together(
             [(f"{root}/tmp/{envelope.queue_id}", f"{root}/{queue}/{envelope.queue_id}", self._parts(envelope, chunks))
-             for envelope, chunks in items])
+             for envelope, chunks in items], sync)
 
     @staticmethod
     def _parts(envelope: Envelope, chunks: Iterable[bytes]) -> list[bytes]:
