@@ -690,7 +690,34 @@ def write_handoff_results(spool: Spool, handoff_id: str, results: list[HandoffRe
                          sync_file=sync_file)
 
 
-def read_handoff_results(path: Path) -> list[HandoffResult]:
+def write_handoff_answers(spool: Spool, name: str, answers: dict[str, list[HandoffResult]],
+                          sync_dir: bool = True, sync_file: bool = True) -> Path:
+    """mda-done/<name>: the answers to request file mda/<name>, by hand-off. One
+    hand-off's (the request's only one, which names it) as write_handoff_results
+    writes them; several as {"answers": {handoff_id: [results]}}. sync_dir and
+    sync_file as for write_handoff_results."""
+    if list(answers) == [name]:
+        return write_handoff_results(spool, name, answers[name], sync_dir=sync_dir, sync_file=sync_file)
+    from .fsutil import write_durably
+    data = json.dumps({"answers": {hid: [dataclasses.asdict(r) for r in results] for hid, results in answers.items()}},
+                      separators=(",", ":")).encode()
+    return write_durably(spool.dir("mda-done"), name, [data], tmp_dir=spool.dir("tmp"), sync_dir=sync_dir,
+                         sync_file=sync_file)
+
+
+def read_handoff_answers(name: str, path: Path) -> dict[str, list[HandoffResult]]:
+    """The answers in mda-done/<name> by hand-off ID (see write_handoff_answers).
+    Raises OSError, or ValueError (TypeError, KeyError) for a file that does not parse."""
+    d = json.loads(_read_small(path))
+    if isinstance(d, list):
+        return {name: [HandoffResult(**r) for r in d]}
+    answers = d["answers"]
+    if not isinstance(answers, dict) or not all(isinstance(h, str) and _HANDOFF_ID.match(h) for h in answers):
+        raise ValueError("bad answers")
+    return {hid: [HandoffResult(**r) for r in results] for hid, results in answers.items()}
+
+
+def _read_small(path: Path) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)   # not Path.read_bytes: no buffered file object
     try:
         data = b""
@@ -698,4 +725,8 @@ def read_handoff_results(path: Path) -> list[HandoffResult]:
             data += chunk
     finally:
         os.close(fd)
-    return [HandoffResult(**r) for r in json.loads(data)]
+    return data
+
+
+def read_handoff_results(path: Path) -> list[HandoffResult]:
+    return [HandoffResult(**r) for r in json.loads(_read_small(path))]

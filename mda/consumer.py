@@ -10,8 +10,8 @@ files and:
    new plans durable together;
 2. carries the plans out (`Deliverer.commit`) and makes every maildir write of the
    batch durable together;
-3. writes mda-done/<handoff_id> for each hand-off, with one `HandoffResult` per
-   recipient, durably;
+3. answers each request in mda-done/<its name>, with one `HandoffResult` per
+   recipient of each hand-off in it, durably;
 4. only then removes the request files, and forgets the plans of recipients
    answered for good (delivered or bounced).
 
@@ -61,8 +61,7 @@ from common.errors import MailError
 from common.fsutil import fsync_dir
 from common.log import get_logger
 from common.spool import (BOUNCED, DEFERRED, DELIVERED, CorruptSpoolFile, Handoff, HandoffResult, Spool, parse,
-                          read_handoff_request, read_handoff_results, watch_queues,
-                          write_handoff_results)
+                          read_handoff_answers, read_handoff_request, watch_queues, write_handoff_answers)
 
 from .crashpoints import crash_point
 from .delivery import Deliverer, DeliveryRequest, Prepared
@@ -122,26 +121,28 @@ class HandoffProcessor:
             if handoffs is None:
                 continue
             requests.append(name)
-            for handoff in handoffs:
-                hid = handoff.handoff_id
-                if os.path.exists(os.path.join(self.done_dir, hid)):
-                    # answered before a crash; only the request's removal was missed
-                    final += self._answered_for_good(handoff)
-                    continue
-                work.append((hid, handoff, self.prepare_all(handoff, group)))
+            if os.path.exists(os.path.join(self.done_dir, name)):
+                # answered before a crash; only the request's removal was missed
+                final += self._answered_for_good(name, handoffs)
+                continue
+            work.append((name, handoffs, [self.prepare_all(handoff, group) for handoff in handoffs]))
         self.deliverer.record_plans(group)
         group.flush()            # every new plan is durable before the first write
         crash_point("after_plans")
         answers: dict[str, list[HandoffResult]] = {}
-        for hid, handoff, slots in work:
-            answers[hid] = [self._commit(slot, group) for slot in slots]
-            final += [slot[0].req.key for slot, result in zip(slots, answers[hid])
-                      if isinstance(slot[0], Prepared) and result.state != DEFERRED]
+        by_request: list[tuple[str, list[str]]] = []
+        for name, handoffs, slots_of in work:
+            for handoff, slots in zip(handoffs, slots_of):
+                answers[handoff.handoff_id] = results = [self._commit(slot, group) for slot in slots]
+                final += [slot[0].req.key for slot, result in zip(slots, results)
+                          if isinstance(slot[0], Prepared) and result.state != DEFERRED]
+            by_request.append((name, [h.handoff_id for h in handoffs]))
         group.flush()            # every delivery of the batch is on disk before any answer
         crash_point("before_results")
-        if answers:
-            for hid, results in answers.items():
-                group.add_file(write_handoff_results(self.spool, hid, results, sync_dir=False, sync_file=False))
+        if by_request:
+            for name, hids in by_request:   # one answer file per request
+                group.add_file(write_handoff_answers(self.spool, name, {hid: answers[hid] for hid in hids},
+                                                     sync_dir=False, sync_file=False))
             group.add_dir(self.spool.dir("tmp"))
             group.flush()
         crash_point("after_results")
@@ -161,13 +162,14 @@ class HandoffProcessor:
             self.forget(final)
         return answers
 
-    def _answered_for_good(self, handoff: Handoff) -> list[str]:
-        """The keys of an answered hand-off's recipients that were delivered or bounced."""
+    def _answered_for_good(self, name: str, handoffs: list[Handoff]) -> list[str]:
+        """The keys of an answered request's recipients that were delivered or bounced."""
         try:
-            results = read_handoff_results(self.spool.path("mda-done", handoff.handoff_id))
-        except (OSError, ValueError, TypeError):
+            answers = read_handoff_answers(name, self.spool.path("mda-done", name))
+        except (OSError, ValueError, TypeError, KeyError):
             return []
-        return [key_of(handoff.queue_id, r.rcpt) for r in results if r.state != DEFERRED]
+        return [key_of(h.queue_id, r.rcpt) for h in handoffs for r in answers.get(h.handoff_id, ())
+                if r.state != DEFERRED]
 
     def _read(self, name: str) -> list[Handoff] | None:
         """The hand-offs of request file mda/<name> (None: gone, or moved to corrupt/)."""

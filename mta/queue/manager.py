@@ -56,7 +56,7 @@ from common.fsutil import fsync_dir, write_file_synced
 from common.log import get_logger
 from common.smtp.client import ClientOptions, Rcpt, Reply, Transaction
 from common.spool import (BOUNCED, DEFERRED, DELIVERED, PENDING, CorruptSpoolFile, Handoff, Spool,
-                          SpoolFile, encode, parse, read_handoff_request, read_handoff_results,
+                          SpoolFile, encode, parse, read_handoff_answers, read_handoff_request,
                           status_record, watch_queues, write_handoffs)
 
 from ..bounce import RecipientReport, build_dsn, dsn_envelope
@@ -99,7 +99,8 @@ class ActiveMessage:
     io: int = 0                                 # spool writes in flight for it
     finishing: bool = False
     data: bytes | None = None                   # the message, kept when small
-    answers: list[str] = field(default_factory=list)   # MDA answers applied, removed once it is finished
+    #: MDA answers applied to it, (answer file, hand-off): durable once it is finished
+    answers: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def env(self):
@@ -153,7 +154,7 @@ class QueueManager(Service):
         self.signer = None
         # Spool writes that fsync run here, so the reactor never waits for the disk.
         self._pool = ThreadPool(minthreads=0, maxthreads=IO_THREADS, name="postroom-queue-io")
-        self._applying: set[str] = set()
+        self._answers: dict[str, AnswerFile] = {}     # answer files in mda-done/ being applied
         self.loading: set[str] = set()              # queue ids being read in the I/O pool
         self._io_pending = 0
         self.cache = ConnectionCache(reactor, self.qcfg.max_per_destination)
@@ -547,7 +548,7 @@ class QueueManager(Service):
 
     def _flush(self, msg: ActiveMessage, after=None, on_done=None) -> None:
         """Append msg's new status records durably, in the I/O pool; then run after()
-        there too (removing an MDA answer only once its results are on disk)."""
+        there too; then on_done(whether it all succeeded) in the reactor."""
         if not msg.unsynced and after is None:
             return
         if after is None and msg.outstanding == 0:
@@ -567,9 +568,10 @@ class QueueManager(Service):
 
         def done(result):
             msg.io -= 1
+            failed = isinstance(result, Exception) or hasattr(result, "getErrorMessage")
             if on_done is not None:
-                on_done()
-            if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
+                on_done(not failed)
+            if failed:
                 log.error("cannot record delivery results: {why}", **msg.ids,
                           why=getattr(result, "getErrorMessage", lambda: str(result))())
             self._maybe_finish(msg)
@@ -596,30 +598,28 @@ class QueueManager(Service):
         for o in range(0, len(todo), BATCH):
             self._thread(self._finish_many, todo[o:o + BATCH]).addCallback(self._finished)
 
-    def _finish_many(self, msgs: list[ActiveMessage]) -> list:
-        """In the I/O pool: _finish_io for each message, then the removal of the MDA
-        answers they were finished with: once the results are durable (in a status
-        record fsync'd by _finish_io, or by the removal of the spool file, which the
-        fsync of active/ here makes durable), the answers are removed with one fsync
-        of mda-done/. A crash before leaves the answers, which are applied again."""
+    def _finish_many(self, msgs: list[ActiveMessage]) -> tuple[list, bool]:
+        """In the I/O pool: _finish_io for each message; then, if some were finished
+        with MDA answers, an fsync of active/, which makes their results durable (in a
+        status record fsync'd by _finish_io, or by the removal of the spool file). The
+        answers are removed afterwards (_answer_durable); a crash before leaves them,
+        and they are applied again. Returns the outcomes and whether that sync was made."""
         outcomes = self._each(self._finish_io, msgs)
-        answers = [hid for msg, lines in outcomes if not isinstance(lines, Exception) for hid in msg.answers]
-        if answers:
+        if any(msg.answers for msg, lines in outcomes if not isinstance(lines, Exception)):
             try:
                 fsync_dir(self.spool.dir("active"))
-                for hid in answers:
-                    self.spool.path("mda-done", hid).unlink(missing_ok=True)
-                fsync_dir(self.spool.dir("mda-done"))
             except OSError as e:
-                # Left in mda-done/: the next scan applies them again (the message is gone
-                # or finished, so that changes nothing).
-                log.error("cannot remove MDA answers: {why}", why=str(e))
-        return outcomes
+                log.error("cannot sync active/: {why}", why=str(e))
+                return outcomes, False
+        return outcomes, True
 
-    def _finished(self, outcomes) -> None:
+    def _finished(self, result) -> None:
+        outcomes, synced = result
         notices = False
-        for msg, _lines in outcomes:
-            self._applying.difference_update(msg.answers)
+        for msg, lines in outcomes:
+            if synced and not isinstance(lines, Exception):
+                for name, hid in msg.answers:
+                    self._answer_durable(name, hid)
         for msg, lines in outcomes:
             if isinstance(lines, Exception):
                 # The file stays in active/; the next start picks it up again.
@@ -875,73 +875,121 @@ class QueueManager(Service):
             for h in handoffs:
                 self._add_handoff(h.handoff_id, h.queue_id)
                 self.in_mda.setdefault(h.queue_id, set()).update(h.recipients)
-        for hid in self.spool.list("mda-done"):
-            if hid not in self.handoffs:
-                # Answered while we were down (the MDA removed the request): the answer
-                # names the recipients, which must not be handed off again.
-                qid = hid.partition(".")[0]
-                try:
-                    rcpts = {r.rcpt for r in read_handoff_results(self.spool.path("mda-done", hid))}
-                except (OSError, ValueError, TypeError) as e:
-                    log.error("unreadable hand-off answer {hid}: {why}", queue_id=qid, hid=hid, why=str(e))
-                    continue
-                self._add_handoff(hid, qid)
-                self.in_mda.setdefault(qid, set()).update(rcpts)
+        for name in self.spool.list("mda-done"):
+            # Answered while we were down (the MDA removed the request): the answer
+            # names the recipients, which must not be handed off again.
+            try:
+                answers = read_handoff_answers(name, self.spool.path("mda-done", name))
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                log.error("unreadable hand-off answer {hid}: {why}", hid=name, why=str(e))
+                continue
+            for hid, results in answers.items():
+                if hid not in self.handoffs:
+                    qid = hid.partition(".")[0]
+                    self._add_handoff(hid, qid)
+                    self.in_mda.setdefault(qid, set()).update(r.rcpt for r in results)
 
     def _apply_mda_results(self) -> None:
-        for hid in self.spool.list("mda-done"):
-            if hid in self._applying:
+        """Apply the MDA's answers in mda-done/ (one file per request, answering each
+        hand-off in it). A file is removed once the results of every hand-off in it
+        are durable in the spool (or their message is gone): see _answer_durable."""
+        for name in self.spool.list("mda-done"):
+            state = self._answers.get(name)
+            if state is not None and (state.removing or state.applied >= state.hids):
                 continue    # its results are being written
-            path = self.spool.path("mda-done", hid)
-            qid = self.handoffs.get(hid) or hid.partition(".")[0]
-            msg = self.active.get(qid)
-            if msg is None:
-                if qid in self.loading:
-                    continue      # being loaded: its answer is applied on the next scan
-                # The message is not loaded (a restart): load it from active/ first.
-                if self.spool.path("active", qid).exists():
-                    if hid not in self.handoffs:
-                        self._add_handoff(hid, qid)
-                    self._load(qid, "active")
-                    continue
-                if msg is None:
-                    log.warn("hand-off answer {hid} for a message not in active/; removed", queue_id=qid, hid=hid)
-                    path.unlink(missing_ok=True)
-                    self._drop_handoff(hid)
-                    continue
+            path = self.spool.path("mda-done", name)
             try:
-                results = read_handoff_results(path)
-            except (OSError, ValueError, TypeError) as e:
-                log.error("unreadable hand-off answer {hid}: {why}", **msg.ids, hid=hid, why=str(e))
+                answers = read_handoff_answers(name, path)
+            except FileNotFoundError:
                 continue
-            done = {i for i, r in enumerate(msg.env.recipients) if r.state not in (PENDING, DEFERRED)}
-            at_mda = self.in_mda.get(qid, set())
-            for res in results:
-                at_mda.discard(res.rcpt)
-                if not 0 <= res.rcpt < len(msg.env.recipients) or res.rcpt in done:
-                    continue
-                code = 250 if res.state == DELIVERED else 451 if res.state == DEFERRED else 550
-                status = res.status or {250: "2.0.0", 451: "4.0.0", 550: "5.0.0"}[code]
-                self._outcome(msg, res.rcpt, Reply(code, status, res.reason or res.state, "mda"), None, smtp=False)
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                log.error("unreadable hand-off answer {hid}: {why}", hid=name, why=str(e))
+                continue
+            if state is None:
+                state = self._answers[name] = AnswerFile(set(answers))
+            for hid, results in answers.items():
+                if hid not in state.applied:
+                    self._apply_answer(name, state, hid, results)
+            self._answer_progress(name)
+
+    def _apply_answer(self, name: str, state: "AnswerFile", hid: str, results) -> None:
+        qid = self.handoffs.get(hid) or hid.partition(".")[0]
+        msg = self.active.get(qid)
+        if msg is None:
+            if qid in self.loading:
+                return      # being loaded: its answer is applied on the next scan
+            # The message is not loaded (a restart): load it from active/ first.
+            if self.spool.path("active", qid).exists():
+                if hid not in self.handoffs:
+                    self._add_handoff(hid, qid)
+                self._load(qid, "active")
+                return
+            log.warn("hand-off answer {hid} for a message not in active/; ignored", queue_id=qid, hid=hid)
             self._drop_handoff(hid)
-            if qid not in self.handoffs_of:
-                self.in_mda.pop(qid, None)
-            msg.outstanding = max(0, msg.outstanding - 1)
-            self._applying.add(hid)
-            if msg.outstanding == 0:
-                # Its last answer: the records go with the message's finishing job, and
-                # the answer is removed after it (see _finish_many).
-                msg.answers.append(hid)
-                self._maybe_finish(msg)
+            state.applied.add(hid)
+            state.durable.add(hid)
+            return
+        done = {i for i, r in enumerate(msg.env.recipients) if r.state not in (PENDING, DEFERRED)}
+        at_mda = self.in_mda.get(qid, set())
+        for res in results:
+            at_mda.discard(res.rcpt)
+            if not 0 <= res.rcpt < len(msg.env.recipients) or res.rcpt in done:
                 continue
-
-            def remove_answer(path=path):
-                # Only after the results are durable in the spool file.
-                path.unlink(missing_ok=True)
-                fsync_dir(path.parent)
-
-            self._flush(msg, after=remove_answer, on_done=lambda hid=hid: self._applying.discard(hid))
+            code = 250 if res.state == DELIVERED else 451 if res.state == DEFERRED else 550
+            status = res.status or {250: "2.0.0", 451: "4.0.0", 550: "5.0.0"}[code]
+            self._outcome(msg, res.rcpt, Reply(code, status, res.reason or res.state, "mda"), None, smtp=False)
+        self._drop_handoff(hid)
+        if qid not in self.handoffs_of:
+            self.in_mda.pop(qid, None)
+        msg.outstanding = max(0, msg.outstanding - 1)
+        state.applied.add(hid)
+        if msg.outstanding == 0:
+            # Its last answer: the records go with the message's finishing job (see
+            # _finish_many), after which the answer counts as durable.
+            msg.answers.append((name, hid))
             self._maybe_finish(msg)
+            return
+        self._flush(msg, after=_nothing, on_done=lambda ok: ok and self._answer_durable(name, hid))
+        self._maybe_finish(msg)
+
+    def _answer_durable(self, name: str, hid: str) -> None:
+        state = self._answers.get(name)
+        if state is not None:
+            state.durable.add(hid)
+            self._answer_progress(name)
+
+    def _answer_progress(self, name: str) -> None:
+        """Remove answer file name once every hand-off's results in it are durable."""
+        state = self._answers.get(name)
+        if state is None or state.removing or not state.durable >= state.hids:
+            return
+        state.removing = True
+        path = self.spool.path("mda-done", name)
+
+        def remove():
+            path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+
+        def removed(result):
+            self._answers.pop(name, None)
+            if hasattr(result, "getErrorMessage"):
+                log.error("cannot remove the hand-off answer {hid}: {why}", hid=name, why=result.getErrorMessage())
+
+        self._thread(remove).addBoth(removed)
+
+
+def _nothing() -> None:
+    """For _flush: no work after the records, which it then makes durable."""
+
+
+@dataclass
+class AnswerFile:
+    """An answer file in mda-done/ while its results are applied."""
+
+    hids: set[str]                                          # the hand-offs it answers
+    applied: set[str] = field(default_factory=set)          # results taken (their records on the way)
+    durable: set[str] = field(default_factory=set)          # results durable in the spool, or message gone
+    removing: bool = False
 
 
 def _wants(r, kind: str, default: bool) -> bool:

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from common.spool import (Envelope, Handoff, Recipient, Spool, read_handoff_results, write_handoff,
-                          write_handoffs)
+from common.spool import (Envelope, Handoff, Recipient, Spool, read_handoff_answers, read_handoff_results,
+                          write_handoff, write_handoffs)
 from tests.mda.mda_support import (MESSAGE, all_message_files, folder_files, maildir, mda_config, small_maildir_disk,
                                    write_script)
 from tests.mda.test_mda_delivery import STANDARD_NAME
@@ -133,8 +133,8 @@ def test_sigkill_at_each_step_leaves_exactly_one_copy(tmp_path, daemon_factory, 
 @pytest.mark.parametrize("point", ["after_plans", "between_folders", "before_results", "after_results",
                                    "after_remove"])
 def test_sigkill_with_a_request_of_several_messages_leaves_exactly_one_copy_each(tmp_path, daemon_factory, point):
-    """The queue manager's request file for messages loaded together: each hand-off is
-    answered on its own, the request goes after all answers, and a crash at any step
+    """The queue manager's request file for messages loaded together: one answer file
+    answers every hand-off in it, the request goes after it, and a crash at any step
     leaves one copy of each message."""
     etc = mda_config(tmp_path, MDA_YAML)
     write_script(tmp_path, 'require ["fileinto", "copy"]; fileinto :copy "Archive";')
@@ -149,10 +149,13 @@ def test_sigkill_with_a_request_of_several_messages_leaves_exactly_one_copy_each
     assert crashing.proc.wait(30) == -signal.SIGKILL
     crashing.log.close()
     daemon_factory(etc)
+    name = handoffs[0].handoff_id
+    wait_for(lambda: spool.path("mda-done", name).exists() and not spool.list("mda"), timeout=20,
+             what="the answer after the restart, the request removed")
+    answers = read_handoff_answers(name, spool.path("mda-done", name))      # one file answers the request
+    assert spool.list("mda-done") == [name] and sorted(answers) == sorted(h.handoff_id for h in handoffs)
     for h in handoffs:
-        results = wait_for(lambda: answered(spool, h.handoff_id), timeout=20, what="the answers after the restart")
-        assert sorted((r.rcpt, r.state) for r in results) == [(i, "delivered") for i in h.recipients]
-    wait_for(lambda: not spool.list("mda"), timeout=20, what="the request removed")
+        assert sorted((r.rcpt, r.state) for r in answers[h.handoff_id]) == [(i, "delivered") for i in h.recipients]
     assert len(folder_files(tmp_path, "INBOX")) == 2 and len(folder_files(tmp_path, "Archive")) == 2
     assert len(all_message_files(tmp_path, "bob")) == 1
 

@@ -10,7 +10,7 @@ import signal
 import time
 
 from common.spool import (Handoff, HandoffResult, Recipient, Spool, parse, read_handoff_request,
-                          write_handoff_results)
+                          write_handoff_answers, write_handoff_results)
 from tests.support import free_port, wait_for
 
 from .queue_sink import (Sink, mta_config, sink_config, sink_scanned_hourly, spool_files, spool_message,
@@ -365,3 +365,35 @@ def test_fresh_mail_is_picked_up_without_waiting_for_a_scan(tmp_path):
             assert max(latencies) < 0.3, latencies
         finally:
             q.stop()
+
+
+def test_messages_loaded_together_share_a_request_and_one_answer_applied_after_a_restart(tmp_path):
+    """Three messages waiting at start are loaded together: one request in mda/ holds
+    their three hand-offs. The queue manager is killed; the MDA's side (played here)
+    answers them in one file; the restarted manager applies every answer (no second
+    hand-off), removes the two delivered messages, defers the third, then the answer."""
+    etc = mta_config(tmp_path, "tls: none\nscan_interval: 0.5s")
+    spool_root = tmp_path / "spool"
+    qids = [spool_message(spool_root, "carol@remote.test",
+                          [Recipient(f"{u}@example.test", mailbox=f"{u}@example.test")]) for u in ("alice", "bob", "dave")]
+    q = start_queue(etc)
+    (name,) = wait_for(lambda: spool_files(spool_root, "mda"), 10, what="the request")
+    q.signal(signal.SIGKILL)
+    q.proc.wait(5)
+    q.log.close()
+    handoffs = read_handoff_request(name, (spool_root / "mda" / name).read_bytes())
+    assert sorted(h.queue_id for h in handoffs) == sorted(qids) and all(h.recipients == [0] for h in handoffs)
+    spool = Spool(spool_root)
+    write_handoff_answers(spool, name, {h.handoff_id: [
+        HandoffResult(0, "deferred", "4.2.2", "over quota") if h.queue_id == qids[2]
+        else HandoffResult(0, "delivered", "2.0.0", "delivered to INBOX")] for h in handoffs})
+    (spool_root / "mda" / name).unlink()
+    q = start_queue(etc)
+    try:
+        wait_for(lambda: spool_files(spool_root, "deferred") == [qids[2]] and not spool_files(spool_root, "active")
+                 and not spool_files(spool_root, "mda-done"), 10, what="the answers applied")
+        assert not spool_files(spool_root, "mda")           # no second hand-off
+        assert parse(spool.path("deferred", qids[2])).envelope.recipients[0].reason == "over quota"
+        assert q.output().count("delivered status=2.") == 2
+    finally:
+        q.stop()
