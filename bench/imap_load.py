@@ -417,9 +417,11 @@ class _MixConn:
 _MSGSET, _EXPUNGES, _STATE = 1, 2, 4
 _IMAPTEST_STATES = [("LIST", 50, 0, _EXPUNGES), ("STATUS", 50, 0, _EXPUNGES), ("SELECT", 100, 0, _STATE),
                     ("FETCH", 100, 0, _MSGSET), ("FETCH2", 100, 30, _MSGSET), ("STORE", 50, 0, _MSGSET),
-                    ("DELETE", 100, 0, _MSGSET), ("EXPUNGE", 100, 0, _EXPUNGES), ("APPEND", 100, 5, _EXPUNGES)]
+                    ("DELETE", 100, 0, _MSGSET), ("EXPUNGE", 100, 0, _EXPUNGES),
+                    ("APPEND", 100, 5, _EXPUNGES)]
 _FETCH_FIELDS = [b"UID", b"FLAGS", b"ENVELOPE", b"INTERNALDATE", b"BODY", b"BODYSTRUCTURE", b"RFC822.SIZE"]
-_HEADER_FIELDS = [b"From", b"To", b"Cc", b"Subject", b"References", b"In-Reply-To", b"Message-ID", b"Delivered-To"]
+_HEADER_FIELDS = [b"From", b"To", b"Cc", b"Subject", b"References", b"In-Reply-To", b"Message-ID",
+                  b"Delivered-To"]
 _FETCH2_FIELDS = [b"BODY.PEEK[HEADER]", b"RFC822.HEADER", b"BODY.PEEK[]", b"BODY.PEEK[1]", b"BODY.PEEK[TEXT]"]
 _FLAGS = [b"\\Seen", b"\\Flagged", b"\\Answered", b"\\Draft", b"$Label1", b"$Label2"]
 _MAX_PIPELINE = 10      # imaptest's command queue per connection
@@ -438,7 +440,8 @@ def _seq_set(seqs) -> bytes:
     return b",".join(out)
 
 
-def _mix_script(conn: _MixConn, user: str, password: str, stay: bool, rng: random.Random, messages: list[bytes]):
+def _mix_script(conn: _MixConn, user: str, password: str, stay: bool, rng: random.Random,
+                messages: list[bytes]):
     """imaptest's default stress run, as its state machine goes (see the module's
     help): yields batches of pipelined (command, literal) pairs, is sent their
     (tagged lines, untagged lines), and yields None to be connected anew."""
@@ -492,7 +495,8 @@ def _mix_script(conn: _MixConn, user: str, password: str, stay: bool, rng: rando
                             if rand(4):
                                 items.append(_FETCH_FIELDS[rand(len(_FETCH_FIELDS))])
                             else:
-                                names = b" ".join(_HEADER_FIELDS[rand(len(_HEADER_FIELDS))] for _ in range(rand(4) + 1))
+                                names = b" ".join(_HEADER_FIELDS[rand(len(_HEADER_FIELDS))]
+                                                  for _ in range(rand(4) + 1))
                                 items.append(b"BODY.PEEK[HEADER.FIELDS (%s)]" % names)
                         seqs = _seq_set(rand(msgs) + 1 for _ in range(min(msgs, 100)))
                         batch.append((b"FETCH %s (%s)" % (seqs, b" ".join(items)), None))
@@ -509,7 +513,8 @@ def _mix_script(conn: _MixConn, user: str, password: str, stay: bool, rng: rando
                         count = rand(msgs - _MESSAGE_THRESHOLD) if msgs > _MESSAGE_THRESHOLD + 5 else rand(5)
                         if count:
                             batch.append((b"STORE %s +FLAGS%s \\Deleted" % (
-                                _seq_set(rand(msgs) + 1 for _ in range(count)), b".SILENT" if rand(2) else b""), None))
+                                _seq_set(rand(msgs) + 1 for _ in range(count)),
+                                b".SILENT" if rand(2) else b""), None))
                     elif name == "EXPUNGE":
                         batch.append((b"EXPUNGE", None))
                     elif name == "APPEND" and msgs < _MESSAGE_THRESHOLD:
@@ -538,7 +543,8 @@ def _mix_script(conn: _MixConn, user: str, password: str, stay: bool, rng: rando
         yield None  # connect anew
 
 
-def _mixed_run(a, stay: bool, seconds: float, messages: list[bytes], first: int, count: int) -> tuple[int, int]:
+def _mixed_run(a, stay: bool, seconds: float, messages: list[bytes], first: int,
+               count: int) -> tuple[int, int]:
     """Run clients first..first+count-1 for `seconds`; (commands, errors)."""
     import selectors
     import socket
@@ -658,13 +664,15 @@ async def t_mixed(a) -> dict:
             jobs, first = [], 0
             for k in range(procs):
                 mine, theirs = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=_mixed_worker, args=(a, stay, a.seconds, messages, first, share[k], theirs))
+                p = ctx.Process(target=_mixed_worker,
+                                args=(a, stay, a.seconds, messages, first, share[k], theirs))
                 p.start()
                 jobs.append((p, mine))
                 first += share[k]
             commands = errors = 0
             for p, mine in jobs:
-                got = mine.recv() if mine.poll(a.seconds + 2 * TIMEOUT) else ImapError("a client process hung")
+                hung = ImapError("a client process hung")
+                got = mine.recv() if mine.poll(a.seconds + 2 * TIMEOUT) else hung
                 p.join(5)
                 if isinstance(got, Exception):
                     raise got
@@ -884,7 +892,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of each mixed-load mode")
     ap.add_argument("--modes", default="relogin,stay", help="the mixed load's modes, comma-separated")
-    ap.add_argument("--client-procs", type=int, default=1, help="processes the mixed load's clients are spread over")
+    ap.add_argument("--client-procs", type=int, default=1,
+                    help="processes the mixed load's clients are spread over")
     ap.add_argument("--idle", type=int, default=1000, help="connections held in IDLE")
     ap.add_argument("--watchers", type=int, default=50, help="IDLE sessions waiting for one delivery")
     ap.add_argument("--pid", type=int, help="the server's process, for VmRSS")

@@ -368,7 +368,8 @@ class Reader:
         character set, not a Python loop per octet)."""
         rx = _RUNS.get(chars)
         if rx is None:
-            rx = _RUNS[chars] = re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in sorted(chars)) + b"]*")
+            klass = b"".join(re.escape(bytes([c])) for c in sorted(chars))
+            rx = _RUNS[chars] = re.compile(b"[" + klass + b"]*")
         start = self.pos
         self.pos = rx.match(self.data, start).end()
         return self.data[start: self.pos]

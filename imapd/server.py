@@ -202,7 +202,8 @@ class ImapSession(Protocol):
 
     def graceful_shutdown(self):
         """SIGTERM: say BYE now unless a command is being answered."""
-        if self.conn is not None and not self._closing and self._pending_login is None and not self.conn.syncing:
+        busy = self._pending_login is not None or (self.conn is not None and self.conn.syncing)
+        if self.conn is not None and not self._closing and not busy:
             self._apply(self.conn.shutting_down())
 
     def dataReceived(self, data: bytes):

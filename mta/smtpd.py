@@ -24,15 +24,14 @@ traceback. Passwords and message bodies are never logged.
 from __future__ import annotations
 
 from twisted.internet import defer, tcp
-from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
 from common import tls as tlsmod
 from common.config.mta import SmtpListener
 from common.errors import MailError, unexpected
 from common.log import get_logger
+from common.netio import no_delay, socket_of, write_now
 from common.runner import peer_ip, secure_transport
 from common.smtp import replies as R
 from common.smtp.server import (
@@ -68,36 +67,6 @@ MAX_BACKLOG = 256 * 1024
 
 def _reply(err: MailError) -> Reply:
     return Reply(err.code, err.enhanced, err.public)
-
-
-def _socket_of(transport) -> tcp.Connection | None:
-    """The plain TCP connection under pass-through wrappers (session tracking), or
-    None when there is none or TLS is in the way."""
-    while isinstance(transport, ProtocolWrapper) and not ISSLTransport.providedBy(transport):
-        transport = transport.transport
-    if isinstance(transport, tcp.Connection) and not transport.TLS:
-        return transport
-    return None
-
-
-def write_now(transport, conn: tcp.Connection | None, data: bytes) -> None:
-    """transport.write(data), but sent at once on conn (the plain TCP connection under
-    transport, from _socket_of) when nothing waits in Twisted's buffer.
-
-    Twisted's write() only buffers and asks the reactor to watch for writability, so
-    each reply cost two epoll_ctl calls and a reactor turn before its send(); replies
-    are small and the socket almost always has room. Anything not sent at once (a
-    full socket buffer, an error for Twisted to find) goes through write() after
-    what was sent, so the order holds; TLS connections always use write()."""
-    sent = 0
-    if (conn is not None and conn.connected and not conn.disconnecting and not conn._writeDisconnected
-            and not conn.dataBuffer and not conn._tempDataBuffer):
-        try:
-            sent = conn.socket.send(data)
-        except OSError:
-            sent = 0  # EAGAIN, or an error Twisted reports through write()
-    if sent < len(data):
-        transport.write(data[sent:] if sent else data)
 
 
 class ReceiverContext:
@@ -210,13 +179,8 @@ class SmtpSession(Protocol):
             return
         self.admitted = True
         self.trusted = self.ctx.policy.trusted_client(self.ip)
-        self._direct = _socket_of(t)  # replies go straight to this socket (write_now)
-        set_nodelay = getattr(t, "setTcpNoDelay", None)
-        if set_nodelay is not None:
-            try:
-                set_nodelay(True)  # replies are small and answer a request: no Nagle delay
-            except Exception:
-                pass
+        self._direct = socket_of(t)  # replies go straight to this socket (write_now)
+        no_delay(t)  # replies are small and answer a request: no Nagle delay
         secure = secure_transport(t)
         settings = self.ctx.settings(self.listener_name, self.listener)
         self.conn = SmtpServerConn(settings, tls=secure, auth_allowed=self._auth_allowed(secure))

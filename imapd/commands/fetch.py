@@ -44,7 +44,8 @@ def _render(conn, sel, uid: int, att: FetchAtt) -> bytes:
         return b"RFC822.SIZE %d" % msg.vsize
     # Envelope and structure come from the mailbox's cache when it has them.
     if name == "ENVELOPE":
-        return b"ENVELOPE " + summary.rendered(sel, uid, name, lambda: items.envelope(summary.header_fields(sel, uid)))
+        return b"ENVELOPE " + summary.rendered(
+            sel, uid, name, lambda: items.envelope(summary.header_fields(sel, uid)))
     if name == "BODYSTRUCTURE":
         return b"BODYSTRUCTURE " + summary.rendered(
             sel, uid, name, lambda: items.body_structure(summary.structure(sel, uid), extensible=True))

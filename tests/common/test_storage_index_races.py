@@ -343,7 +343,8 @@ def test_expunged_files_leave_the_folder_at_once_and_tmp_soon_after(tmp_path):
     listed = {n.split(":2,")[0] for n in os.listdir(store.root / "cur")} | set(os.listdir(store.root / "new"))
     assert not names & listed
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(n.startswith(tuple(names)) for n in os.listdir(store.root / "tmp")):
+    while time.monotonic() < deadline and any(n.startswith(tuple(names))
+                                              for n in os.listdir(store.root / "tmp")):
         time.sleep(0.01)
     assert not [n for n in os.listdir(store.root / "tmp") if n.startswith(tuple(names))]
     assert [m.uid for m in MailStore(store.root).open_mailbox(INBOX, readonly=True).messages] == [2]

@@ -18,7 +18,8 @@ from common.storage import MailStore, StorageError
 from imapd.protocol import ImapConnection, Settings, Sync
 from tests.support import ROOT
 
-pytestmark = pytest.mark.skipif(not HAVE_SYNCFS, reason="syncfs(2) is Linux only; elsewhere APPEND fsyncs itself")
+pytestmark = pytest.mark.skipif(not HAVE_SYNCFS,
+                                reason="syncfs(2) is Linux only; elsewhere APPEND fsyncs itself")
 
 MESSAGE = b"From: a@example.test\r\nSubject: durable\r\n\r\nbody\r\n"
 
