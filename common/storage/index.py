@@ -1511,8 +1511,9 @@ def _settled(listed_at_ns: int, mtime_ns: int) -> bool:
 
 class _Reaper:
     """Unlinks the files of expunged messages in a thread of its own. Unlinking a
-    file frees its blocks and can wait a millisecond on the filesystem's journal;
-    the session expunging (and every other session of its event loop) need not.
+    file frees its blocks and can wait a millisecond on the disk (a journal commit,
+    or a filesystem mounted with `discard` trimming them at once); the session
+    expunging (and every other session of its event loop) need not.
     What is still queued when the process ends stays in tmp/, where delivery's
     sweep of stale files removes it (the files keep their old mtimes)."""
 
