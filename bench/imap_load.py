@@ -689,21 +689,23 @@ async def t_mixed(a) -> dict:
 
 
 def _tree(pid: int) -> list[int]:
-    """pid and its children (a server's worker processes), from /proc."""
-    pids = [pid]
+    """pid and its descendants (a server's worker processes and their helpers), from /proc."""
+    parent_of: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                parent_of[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-            if ppid == pid:
-                pids.append(int(entry))
+    pids, frontier = [pid], [pid]
+    while frontier and len(pids) < 10_000:
+        frontier = [p for p, ppid in parent_of.items() if ppid in frontier]
+        pids.extend(frontier)
     return pids
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    """User plus system CPU time of a server process and its workers, from /proc."""
+    """User plus system CPU time of a server process and its descendants, from /proc."""
     if not pid:
         return None
     total = 0.0
@@ -717,7 +719,7 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 
 def vmrss_kib(pid: int | None) -> int | None:
-    """Resident memory of a server process and its workers, in KiB."""
+    """Resident memory of a server process and its descendants, in KiB."""
     if not pid:
         return None
     total = 0

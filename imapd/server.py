@@ -31,8 +31,9 @@ from common.auth import LoginFailed
 from common.log import get_logger
 from common.netio import no_delay, socket_of, write_now
 from common.runner import peer_ip, secure_transport
+from common.fshelper import FsHelper
 from common.fsutil import HAVE_SYNCFS
-from common.storage import MailStore, StorageError
+from common.storage import MailStore, StorageError, unlink_later_with
 from common.storage.watch import Watcher
 
 from .compress import CompressionError, DeflateStream, StartCompression
@@ -95,7 +96,11 @@ class ImapContext:
         self.connections = 0
         self.per_client: dict[str, int] = defaultdict(int)
         self.watches = MailboxWatches(reactor)
-        self.syncer = GroupSyncfs(reactor) if HAVE_SYNCFS else None
+        # syncfs for APPEND/COPY and the unlinking of expunged files: in a child
+        # process, off the event loop (common.fshelper)
+        self.fs = FsHelper(reactor)
+        self.syncer = GroupSyncfs(reactor, self.fs) if HAVE_SYNCFS else None
+        unlink_later_with(self.fs.unlink)
         lim = self.limits
         self.frame_limits = Limits(max_line=int(lim.max_line), max_literal=int(lim.max_message_size),
                                    max_command=int(lim.max_message_size) + int(lim.max_line) * 4,

@@ -19,6 +19,7 @@ the log only (clients get a generic message).
 
 from __future__ import annotations
 
+from .index import unlink_later_with
 from .errors import (InvalidMailboxName, LockTimeout, MailboxExists, MailboxInUse, MailboxNotFound, NoSpace,
                      QuotaExceeded, StorageError)
 from .mailbox import Changes, Mailbox, Message, MessageExpunged
@@ -28,7 +29,7 @@ from .names import INBOX, SEPARATOR, decode_mutf7, encode_mutf7
 __all__ = [
     "StorageError", "MailboxNotFound", "MailboxExists", "InvalidMailboxName", "QuotaExceeded", "LockTimeout",
     "NoSpace", "MailboxInUse", "MessageExpunged", "SEPARATOR", "INBOX", "validate_mailbox_name",
-    "encode_mutf7", "decode_mutf7", "MailStore", "Mailbox", "Message", "Changes",
+    "encode_mutf7", "decode_mutf7", "MailStore", "Mailbox", "Message", "Changes", "unlink_later_with",
 ]
 
 

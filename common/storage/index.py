@@ -52,6 +52,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -1553,6 +1554,15 @@ class _Reaper:
 
 _reaper = _Reaper()
 atexit.register(_reaper.drain)
+_unlink_later = _reaper.add
+
+
+def unlink_later_with(fn: Callable[[str], None] | None) -> None:
+    """Have fn unlink the files of expunged messages (postroom-imapd gives its
+    filesystem helper process, common.fshelper, whose calls share no interpreter lock
+    with the event loop) instead of this module's thread; None: the thread again."""
+    global _unlink_later
+    _unlink_later = fn if fn is not None else _reaper.add
 
 
 def _discard(path: str, trash: str) -> None:
@@ -1569,7 +1579,7 @@ def _discard(path: str, trash: str) -> None:
     except OSError:
         os.unlink(path)
         return
-    _reaper.add(trash)
+    _unlink_later(trash)
 
 
 def _settles_at(mtime_ns: int, pending: int = 0) -> int:

@@ -1,8 +1,8 @@
 """APPEND and COPY are answered OK only once their syncfs(2) is done (Linux): the
 core asks the glue for it (Sync) and holds the OK -- and the commands pipelined
 behind it -- until synced(); a failed syncfs is a NO, never an OK. The glue's
-GroupSyncfs runs the calls in a thread and lets the sessions that wrote while one
-ran share the next, under the real reactor."""
+GroupSyncfs has the process's filesystem helper (a child process) make the calls and
+lets the sessions that wrote while one ran share the next, under the real reactor."""
 
 from __future__ import annotations
 
