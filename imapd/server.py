@@ -34,6 +34,7 @@ from common.runner import peer_ip, secure_transport
 from common.fshelper import FsHelper
 from common.fsutil import HAVE_SYNCFS
 from common.storage import MailStore, StorageError, unlink_later_with
+from common.storage.lock import link_holders
 from common.storage.watch import Watcher
 
 from .compress import CompressionError, DeflateStream, StartCompression
@@ -101,6 +102,7 @@ class ImapContext:
         self.fs = FsHelper(reactor)
         self.syncer = GroupSyncfs(reactor, self.fs) if HAVE_SYNCFS else None
         unlink_later_with(self.fs.unlink)
+        link_holders()  # dotlocks by link(2): this process locks the same folders all day
         lim = self.limits
         self.frame_limits = Limits(max_line=int(lim.max_line), max_literal=int(lim.max_message_size),
                                    max_command=int(lim.max_message_size) + int(lim.max_line) * 4,

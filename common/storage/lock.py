@@ -8,6 +8,15 @@ creating and writing it), is removed. Data guarded by the lock is
 rewritten through a temporary file and a rename while it is held, so readers never
 need the lock.
 
+A long-running process may take its dotlocks by link(2) instead (`link_holders`):
+it keeps one file of its own in the folder's tmp/, ".dotlock.<host>.<pid>", holding
+the same "pid:host", and links it to "<file>.lock". A hard link is as atomic and
+as exclusive as O_EXCL (and is how Dovecot's dotlocks work on NFS), but allocates no
+inode: on ext4 a create-and-unlink cycle cost about 50 us of CPU, a link-and-unlink
+cycle 3. The holder's mtime is set before each link, so the lock's age is the age of
+this hold for every stale check. Holders are removed at exit; one left by a crash is
+swept from tmp/ with other stale files.
+
 FileLock: an flock() on a file, released by the kernel when the process dies; used for
 the POP3 session lock, which must never be stale.
 
@@ -16,6 +25,7 @@ SECURITY: lock files live inside the user's maildir and are opened with O_NOFOLL
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import os
@@ -40,6 +50,55 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_holders: dict[str, str | None] = {}  # folder -> this process's holder (None: create locks)
+_holders_pid = 0
+_link = False
+
+
+def link_holders(enabled: bool = True) -> None:
+    """Take dotlocks by linking a holder file of this process (see the module's
+    docstring): for daemons, which lock the same folders again and again. A short-lived
+    process (a delivery) is better off creating the lock: it would create a holder."""
+    global _link
+    _link = enabled
+
+
+def _holder(folder: str, content: bytes) -> str | None:
+    """This process's holder file in folder/tmp/, made on first use; None where there
+    is no tmp/ or it cannot be made (the lock is then created directly)."""
+    global _holders_pid
+    if _holders_pid != os.getpid():
+        _holders.clear()
+        _holders_pid = os.getpid()
+    try:
+        return _holders[folder]
+    except KeyError:
+        pass
+    path = os.path.join(folder, "tmp", f".dotlock.{_HOST}.{os.getpid()}")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+    except OSError:
+        path = None
+    _holders[folder] = path
+    return path
+
+
+@atexit.register
+def _remove_holders() -> None:
+    if _holders_pid == os.getpid():
+        for path in _holders.values():
+            if path is not None:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+    _holders.clear()
+
+
 class DotLock:
     """`with DotLock(path_of_guarded_file): ...` -- Dovecot-compatible dotlock."""
 
@@ -47,33 +106,61 @@ class DotLock:
                  owner: tuple[int, int] | None = None):
         self.target = Path(target)
         self.path = self.target.with_name(self.target.name + ".lock")
+        self._path = os.fspath(self.path)
+        self._folder = os.path.dirname(self._path)
         self.timeout = timeout
         self.stale = stale
         self.owner = owner
         self.held = False
 
     def acquire(self) -> "DotLock":
+        content = f"{os.getpid()}:{_HOST}".encode()
+        try:
+            self._create(content)
+        except FileExistsError:
+            pass
+        else:
+            self.held = True
+            return self
         deadline = time.monotonic() + self.timeout
         delay = 0.0005
-        content = f"{os.getpid()}:{_HOST}".encode()
         while True:
+            self._remove_if_stale()
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                self._create(content)
             except FileExistsError:
-                self._remove_if_stale()
+                pass
             else:
-                try:
-                    os.write(fd, content)
-                    if self.owner is not None:
-                        os.fchown(fd, *self.owner)
-                finally:
-                    os.close(fd)
                 self.held = True
                 return self
             if time.monotonic() >= deadline:
                 raise LockTimeout(f"timed out waiting for {self.path}")
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+    def _create(self, content: bytes) -> None:
+        """Make the lock file (FileExistsError while another holds it)."""
+        if _link and self.owner is None:
+            folder = self._folder
+            holder = _holder(folder, content)
+            if holder is not None:
+                try:
+                    os.utime(holder, follow_symlinks=False)
+                    os.link(holder, self._path, follow_symlinks=False)
+                    return
+                except FileExistsError:
+                    raise
+                except FileNotFoundError:
+                    _holders.pop(folder, None)  # swept from tmp/ (or the folder is gone): made again
+                except OSError:
+                    _holders[folder] = None  # no hard links here: create the locks
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, content)
+            if self.owner is not None:
+                os.fchown(fd, *self.owner)
+        finally:
+            os.close(fd)
 
     def _remove_if_stale(self) -> None:
         try:
@@ -109,7 +196,7 @@ class DotLock:
         if self.held:
             self.held = False
             try:
-                os.unlink(self.path)
+                os.unlink(self._path)
             except FileNotFoundError:
                 pass
 

@@ -383,3 +383,51 @@ def test_quota_over_limit_file_is_rechecked_after_15_minutes(store):
     assert store.quota_usage() == (10, 1)  # over quota and stale: recalculated
     store.deliver(b"y" * 50, quota=(100, None))
     assert store.quota_usage() == (60, 2)
+
+
+def test_dotlock_by_link_is_exclusive_and_says_who_holds_it(tmp_path):
+    """link_holders(): the lock is a hard link of this process's holder in tmp/,
+    holding "pid:host" with a fresh mtime (what Dovecot and the stale checks read);
+    another taker waits; a holder swept from tmp/ is made again."""
+    import time
+    from common.storage import LockTimeout
+    from common.storage.lock import DotLock, _HOST, link_holders
+    folder = tmp_path / "Maildir"
+    (folder / "tmp").mkdir(parents=True)
+    holder = folder / "tmp" / f".dotlock.{_HOST}.{os.getpid()}"
+    link_holders(True)
+    try:
+        lock = DotLock(folder / "dovecot-uidlist").acquire()
+        lock_file = folder / "dovecot-uidlist.lock"
+        st = os.stat(lock_file)
+        assert lock_file.read_text() == f"{os.getpid()}:{_HOST}"
+        assert st.st_nlink == 2 and st.st_ino == os.stat(holder).st_ino
+        assert time.time() - st.st_mtime < 5
+        with pytest.raises(LockTimeout):
+            DotLock(folder / "dovecot-uidlist", timeout=0.2).acquire()
+        lock.release()
+        assert not lock_file.exists() and holder.exists()
+        holder.unlink()  # swept from tmp/
+        for _ in range(2):
+            lock.acquire()
+            assert lock_file.read_text() == f"{os.getpid()}:{_HOST}"
+            lock.release()
+        assert holder.exists() and not lock_file.exists()
+    finally:
+        link_holders(False)
+
+
+def test_dotlock_holders_are_removed_at_exit(tmp_path):
+    import subprocess
+    import sys
+    from tests.support import ROOT
+    folder = tmp_path / "Maildir"
+    (folder / "tmp").mkdir(parents=True)
+    script = ("import os, sys; from pathlib import Path; from common.storage.lock import DotLock, link_holders;"
+              "link_holders(); l = DotLock(Path(sys.argv[1]) / 'dovecot-uidlist').acquire();"
+              "print(sorted(os.listdir(Path(sys.argv[1]) / 'tmp'))); l.release()")
+    result = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True,
+                            timeout=60, cwd=str(ROOT))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("['.dotlock.")  # there while it ran
+    assert os.listdir(folder / "tmp") == [] and not (folder / "dovecot-uidlist.lock").exists()
