@@ -43,7 +43,7 @@ log = Logger()
 
 
 class _Child(ProcessProtocol):
-    def __init__(self, owner: "FsHelper"):
+    def __init__(self, owner: FsHelper):
         self.owner = owner
         self.buf = b""
 
@@ -110,7 +110,7 @@ class FsHelper:
             self.transport = self.reactor.spawnProcess(
                 child, sys.executable, [sys.executable, "-m", "common.fschild"], env=env,
                 childFDs={0: "w", 1: "r", 2: 2})
-        except Exception as e:  # noqa: BLE001 - any failure to start is an I/O error to the caller
+        except Exception as e:  # any failure to start is an I/O error to the caller
             raise OSError(errno.EIO, f"cannot start the filesystem helper: {e}") from e
         self.child = child
         self.started += 1

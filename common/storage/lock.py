@@ -115,28 +115,26 @@ class DotLock:
 
     def acquire(self) -> "DotLock":
         content = f"{os.getpid()}:{_HOST}".encode()
-        try:
-            self._create(content)
-        except FileExistsError:
-            pass
-        else:
-            self.held = True
+        if self._try(content):
             return self
         deadline = time.monotonic() + self.timeout
         delay = 0.0005
         while True:
             self._remove_if_stale()
-            try:
-                self._create(content)
-            except FileExistsError:
-                pass
-            else:
-                self.held = True
+            if self._try(content):
                 return self
             if time.monotonic() >= deadline:
                 raise LockTimeout(f"timed out waiting for {self.path}")
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+    def _try(self, content: bytes) -> bool:
+        try:
+            self._create(content)
+        except FileExistsError:
+            return False
+        self.held = True
+        return True
 
     def _create(self, content: bytes) -> None:
         """Make the lock file (FileExistsError while another holds it)."""

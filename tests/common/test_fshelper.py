@@ -6,15 +6,13 @@ is started again, and the child ends when its parent closes its input."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from common.fschild import serve
-from tests.support import ROOT
+from tests.support import run_json_script
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs(2) is Linux only")
 
@@ -75,10 +73,7 @@ task.react(main, sys.argv[1:])
 
 
 def test_helper_answers_in_order_unlinks_and_survives_its_child(tmp_path):
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                            timeout=60, cwd=str(ROOT))
-    assert result.returncode == 0, result.stderr
-    got = json.loads(result.stdout.strip().splitlines()[-1])
+    got = run_json_script(SCRIPT, str(tmp_path))
     assert got["order"] == [0, 1, 2, 3, 4]
     assert got["missing"] == 2                       # ENOENT
     assert got["unlinked"] is True

@@ -6,8 +6,6 @@ lets the sessions that wrote while one ran share the next, under the real reacto
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -16,7 +14,7 @@ import pytest
 from common.fsutil import HAVE_SYNCFS
 from common.storage import MailStore, StorageError
 from imapd.protocol import ImapConnection, Settings, Sync
-from tests.support import ROOT
+from tests.support import run_json_script
 
 # On Linux syncfs(2) must be there (a missing one fails here); FreeBSD has none and
 # APPEND fsyncs file, folder and uidlist itself (the storage tests cover that path).
@@ -103,10 +101,7 @@ task.react(main, sys.argv[1:])
 
 
 def test_group_syncfs_shares_calls_under_the_reactor(tmp_path):
-    result = subprocess.run([sys.executable, "-c", GROUP, str(tmp_path)], capture_output=True, text=True,
-                            timeout=60, cwd=str(ROOT))
-    assert result.returncode == 0, result.stderr
-    got = json.loads(result.stdout.strip().splitlines()[-1])
+    got = run_json_script(GROUP, str(tmp_path))
     assert got["fired"] == 10
     assert got["calls"] == 3  # one for the first, one for the nine behind it, one for the missing path
     assert got["failed"] == [2]  # ENOENT reaches the caller

@@ -133,3 +133,14 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def run_json_script(script: str, *args: str, timeout: float = 60) -> dict:
+    """Run `python -c script args...` from the project's root (a fresh reactor each
+    time) and return the JSON object on the last line it printed."""
+    import json
+    import sys
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                            timeout=timeout, cwd=str(ROOT))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
