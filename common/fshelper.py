@@ -22,7 +22,7 @@ The child reads what is there, makes the syncfs calls first (a session waits for
 answers), answers, then unlinks. It ends at end of input, after finishing what it read:
 its parent closing the pipe or dying ends it.
 
-The child is `common.fschild` (no Twisted in it: it starts in about 30 ms); this
+The child is `common.fschild` (no Twisted in it: it starts in about 70 ms); this
 module is the parent side, `FsHelper`.
 """
 
