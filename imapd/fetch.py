@@ -10,6 +10,8 @@ parsed by a bounded loop, malformed input yields NIL or a text/plain answer.
 
 from __future__ import annotations
 
+import re
+
 from .mime import Part, count_lines, split_header, to_crlf
 from .parser import Section
 from .response import nstring, paren, string
@@ -19,45 +21,56 @@ MAX_ADDRESSES = 500
 
 # --------------------------------------------------------------------------- addresses
 
+# One token per match: optional white space, then a special, an atom, the start of
+# a comment or quoted string (read by hand: nesting and escapes), a stray ")" or the end.
+_ADDR_TOKEN = re.compile(rb'[ \t\r\n]*(?:([<>@,;:.\[\]])|([^ \t\r\n()<>@,;:".\[\]]+)|([("])|(\))|$)')
+
+
 def _addr_tokens(s: bytes):
-    """Lexical tokens of an address list: specials, quoted strings, atoms; comments dropped."""
+    """Lexical tokens of an address list: specials, quoted strings, atoms; comments
+    and stray ")" dropped. Every step consumes input, so it always ends."""
     i, n = 0, len(s)
+    match = _ADDR_TOKEN.match
+    while i < n:
+        m = match(s, i)
+        i = m.end()
+        kind = m.lastindex
+        if kind == 1:
+            tok = m.group(1)
+            yield (tok.decode(), tok)
+        elif kind == 2:
+            yield ("a", m.group(2))
+        elif kind == 3:
+            if s[i - 1] == 0x28:
+                i = _skip_comment(s, i - 1)
+            else:
+                out = bytearray()
+                while i < n and s[i] != 0x22:
+                    if s[i] == 0x5C and i + 1 < n:
+                        i += 1
+                    out.append(s[i])
+                    i += 1
+                yield ("q", bytes(out))
+                i += 1
+        elif kind is None:
+            break
+
+
+def _skip_comment(s: bytes, i: int) -> int:
+    """The index after the (nested, escaped) comment starting at s[i] == "("."""
+    depth, n = 0, len(s)
     while i < n:
         c = s[i]
-        if c in b" \t\r\n":
+        if c == 0x5C:
             i += 1
-        elif c == 0x28:  # comment
-            depth = 0
-            while i < n:
-                if s[i] == 0x5C:
-                    i += 1
-                elif s[i] == 0x28:
-                    depth += 1
-                elif s[i] == 0x29:
-                    depth -= 1
-                    if depth == 0:
-                        break
-                i += 1
-            i += 1
-        elif c == 0x22:
-            j = i + 1
-            out = bytearray()
-            while j < n and s[j] != 0x22:
-                if s[j] == 0x5C and j + 1 < n:
-                    j += 1
-                out.append(s[j])
-                j += 1
-            yield ("q", bytes(out))
-            i = j + 1
-        elif c in b"<>@,;:.[]":
-            yield (chr(c), bytes([c]))
-            i += 1
-        else:
-            j = i
-            while j < n and s[j] not in b" \t\r\n()<>@,;:\".[]":
-                j += 1
-            yield ("a", s[i:j])
-            i = j
+        elif c == 0x28:
+            depth += 1
+        elif c == 0x29:
+            depth -= 1
+            if depth == 0:
+                break
+        i += 1
+    return i + 1
 
 
 def parse_addresses(value: bytes) -> list[tuple]:

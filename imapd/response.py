@@ -8,18 +8,22 @@ the framing of a response.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 
 from .parser import ASTRING_CHARS, MONTHS
 
-_QUOTABLE = frozenset(range(0x20, 0x7F))
 MAX_QUOTED = 1024
+# What a quoted string cannot carry (anything but printable ASCII), and what an
+# astring cannot be sent as an atom with: one regular expression scan each.
+_UNQUOTABLE = re.compile(rb"[^\x20-\x7e]")
+_NOT_ASTRING = re.compile(b"[^" + b"".join(re.escape(bytes([c])) for c in sorted(ASTRING_CHARS)) + b"]")
 
 
 def string(value: bytes | str) -> bytes:
     """A quoted string or, when quoting cannot carry it, a literal."""
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
-    if len(value) <= MAX_QUOTED and all(c in _QUOTABLE for c in value):
+    if len(value) <= MAX_QUOTED and not _UNQUOTABLE.search(value):
         return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n" % len(value) + value
 
@@ -39,7 +43,7 @@ def astring(value: bytes | str) -> bytes:
     """An atom where the grammar allows one, a string otherwise (mailbox names)."""
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
-    if value and all(c in ASTRING_CHARS for c in value) and value.upper() != b"NIL":
+    if value and not _NOT_ASTRING.search(value) and value.upper() != b"NIL":
         return value
     return string(value)
 

@@ -342,3 +342,31 @@ def test_malformed_mime_over_imap(imapd):
         assert body == raw
         check_body(parse_parens(expected))
     c.logout()
+
+
+MALFORMED_ADDRESSES = {
+    # a ")" outside any comment used to keep the address tokenizer from advancing
+    b"a)b": b"((NIL NIL \"ab\" NIL))",
+    b"Joe) <joe@example.test>": b"((\"Joe\" NIL \"joe\" \"example.test\"))",
+    b"(unclosed comment <x@y>": b"NIL",
+    b"\"unclosed quote <x@y>": b"((NIL NIL \"unclosed quote <x@y>\" NIL))",
+    b"))),,,;;;": b"NIL",
+}
+
+
+@pytest.mark.parametrize("value", list(MALFORMED_ADDRESSES))
+def test_malformed_addresses_over_imap(imapd, value):
+    """Stray parentheses, unclosed comments and quotes in From: give an answer (what
+    could be recognised, or NIL), never a stuck worker."""
+    c = imapd.client()
+    c.sock.settimeout(10)
+    raw = b"From: " + value + b"\r\nSubject: s\r\n\r\nbody\r\n"
+    assert c.append("INBOX", None, None, raw)[0] == "OK"
+    typ, count = c.select("INBOX")
+    typ, data = c.fetch(count[0].decode(), "(ENVELOPE)")
+    assert typ == "OK", data
+    fields = parse_parens(data[0].split(b"(ENVELOPE ", 1)[1][:-1])
+    assert fields[1] == "s"
+    expected = parse_parens(MALFORMED_ADDRESSES[value]) if MALFORMED_ADDRESSES[value] != b"NIL" else None
+    assert fields[2] == expected
+    c.logout()
