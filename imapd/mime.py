@@ -44,56 +44,59 @@ def split_header(data: bytes) -> tuple[bytes, bytes]:
     return data[: m.end()], data[m.end():]
 
 
+_FIELD_NAME = re.compile(rb"[\x21-\x7e]+")
+
+
 def parse_header_fields(header: bytes) -> list[tuple[str, bytes, bytes]]:
     """[(lower-case name, unfolded value, raw field with its line ends)] in order.
     Lines that are not fields (no colon, bad name) are skipped."""
     fields: list[tuple[str, bytes, bytes]] = []
-    raw_lines = header.split(b"\n")
-    current: list[bytes] = []
-
-    def flush():
-        if not current:
-            return
-        raw = b"\n".join(current) + b"\n"
-        first = current[0]
+    valid_name = _FIELD_NAME.fullmatch
+    lines = header.split(b"\n")
+    i, n = 0, len(lines)
+    while i < n:
+        first = lines[i]
+        i += 1
+        if first == b"" or first == b"\r":
+            continue
+        j = i
+        while j < n and lines[j][:1] in (b" ", b"\t"):
+            j += 1
         name, colon, value = first.partition(b":")
         name = name.strip()
-        if colon and name and all(33 <= c <= 126 for c in name):
-            rest = [first[len(first) - len(value):]] + current[1:]
-            unfolded = b"".join(x.rstrip(b"\r") for x in rest)
-            fields.append((name.decode("ascii").lower(), unfolded.strip(), raw))
-        current.clear()
-
-    for line in raw_lines:
-        if line in (b"", b"\r"):
-            flush()
-            continue
-        if line[:1] in (b" ", b"\t") and current:
-            current.append(line)
-        else:
-            flush()
-            current.append(line)
-    flush()
+        if colon and name and valid_name(name):
+            if j == i:
+                fields.append((name.decode("ascii").lower(), value.strip(), first + b"\n"))
+            else:
+                more = lines[i:j]
+                unfolded = value.rstrip(b"\r") + b"".join(x.rstrip(b"\r") for x in more)
+                fields.append((name.decode("ascii").lower(), unfolded.strip(), b"\n".join([first, *more]) + b"\n"))
+        i = j
     return fields
 
 
+_WSP_RUN = re.compile(rb"[ \t\r\n]*")
+_TOKEN_RUNS = {stops: re.compile(b"[^" + re.escape(stops) + rb" \t\r\n(]*") for stops in (b";", b"=;")}
+
+
 def _skip_cfws(s: bytes, i: int) -> int:
-    depth = 0
-    while i < len(s):
-        c = s[i]
-        if depth:
+    """Past white space and (nested, escaped) comments."""
+    n = len(s)
+    while True:
+        i = _WSP_RUN.match(s, i).end()
+        if i >= n or s[i] != 0x28:
+            return i
+        depth = 1
+        i += 1
+        while i < n and depth:
+            c = s[i]
             if c == 0x5C:
                 i += 1
             elif c == 0x28:
                 depth += 1
             elif c == 0x29:
                 depth -= 1
-        elif c == 0x28:
-            depth = 1
-        elif c not in b" \t\r\n":
-            break
-        i += 1
-    return i
+            i += 1
 
 
 def _token(s: bytes, i: int, stops: bytes) -> tuple[bytes, int]:
@@ -108,10 +111,8 @@ def _token(s: bytes, i: int, stops: bytes) -> tuple[bytes, int]:
             out.append(s[i])
             i += 1
         return bytes(out), i + 1
-    start = i
-    while i < len(s) and s[i] not in stops and s[i] not in b" \t\r\n(":
-        i += 1
-    return s[start:i], i
+    end = _TOKEN_RUNS[stops].match(s, i).end()
+    return s[i:end], end
 
 
 def parse_params(value: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:

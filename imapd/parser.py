@@ -42,6 +42,8 @@ _SECTION_WORD = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 #: Reader._take's compiled character runs, by character set.
 _RUNS: dict[frozenset, re.Pattern] = {}
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,10})(\+?)\}\r?\n\Z")
+#: Reader.maybe: whether a token has letters (compared without case).
+_CASELESS: dict[bytes, bool] = {}
 
 
 class ParseError(Exception):
@@ -139,6 +141,15 @@ class CommandFramer:
     def next_events(self, limit: int | None = None) -> list:
         """Framing events from buffered data; at most `limit` commands (the protocol
         asks for one at a time so that STARTTLS can discard what follows it)."""
+        buf = self._buf
+        if (limit == 1 and not (self._skip_left or self._literal_left or self._discard_line
+                                or self._discard_command or self._parts)):
+            # The common case: one whole CRLF line, no literal at its end.
+            nl = buf.find(b"\n")
+            if 2 <= nl < self.limits.max_line and buf[nl - 1] == 0x0D and buf[nl - 2] != 0x7D:
+                data = bytes(buf[: nl - 1])
+                del buf[: nl + 1]
+                return [Command(data)]
         events: list = []
         lim = self.limits
         while self._buf:
@@ -348,18 +359,27 @@ class Reader:
             raise ParseError("Unexpected extra arguments")
 
     def expect(self, token: bytes) -> None:
-        if self.data[self.pos: self.pos + len(token)].upper() != token.upper():
+        if not self.maybe(token):
             raise ParseError(f"Expected {token.decode()!r}")
-        self.pos += len(token)
 
     def sp(self) -> None:
-        if self.peek() != 0x20:
-            raise ParseError("Missing argument" if self.at_end() else "Expected a space")
-        self.pos += 1
+        pos = self.pos
+        if pos < len(self.data) and self.data[pos] == 0x20:
+            self.pos = pos + 1
+            return
+        raise ParseError("Missing argument" if self.at_end() else "Expected a space")
 
     def maybe(self, token: bytes) -> bool:
-        if self.data[self.pos: self.pos + len(token)].upper() == token.upper():
-            self.pos += len(token)
+        """Consume `token` if it is next (letters compared without case)."""
+        pos = self.pos
+        if self.data.startswith(token, pos):
+            self.pos = pos + len(token)
+            return True
+        caseless = _CASELESS.get(token)
+        if caseless is None:
+            caseless = _CASELESS[token] = token.upper() != token.lower()
+        if caseless and self.data[pos: pos + len(token)].upper() == token.upper():
+            self.pos = pos + len(token)
             return True
         return False
 
@@ -688,8 +708,17 @@ class Reader:
         raise ParseError("Unknown search key")
 
 
+_COMMAND_HEAD = re.compile(b"([" + b"".join(re.escape(bytes([c])) for c in sorted(TAG_CHARS)) + b"]+) (["
+                           + b"".join(re.escape(bytes([c])) for c in sorted(ATOM_CHARS)) + b"]+)")
+
+
 def parse_command_head(data: bytes) -> tuple[bytes, str, Reader]:
     """tag SP command-name; returns (tag, NAME, reader positioned after the name)."""
+    m = _COMMAND_HEAD.match(data)
+    if m is not None and len(m.group(1)) <= 64:
+        name = m.group(2).decode("ascii").upper()
+        if name != "UID":
+            return m.group(1), name, Reader(data, m.end())
     r = Reader(data)
     tag = r.tag()
     r.sp()

@@ -48,11 +48,20 @@ def astring(value: bytes | str) -> bytes:
     return string(value)
 
 
+_DATE_TIMES: dict[float, bytes] = {}
+
+
 def date_time(ts: float | _dt.datetime) -> bytes:
-    """INTERNALDATE form: "dd-Mon-yyyy hh:mm:ss +zzzz", in the server's local zone."""
+    """INTERNALDATE form: "dd-Mon-yyyy hh:mm:ss +zzzz", in the server's local zone
+    (a message's is shown again and again: the last few thousand are kept)."""
     if not isinstance(ts, _dt.datetime):
-        ts = _dt.datetime.fromtimestamp(ts).astimezone()
-    elif ts.tzinfo is None:
+        got = _DATE_TIMES.get(ts)
+        if got is None:
+            if len(_DATE_TIMES) >= 4096:
+                _DATE_TIMES.clear()
+            got = _DATE_TIMES[ts] = date_time(_dt.datetime.fromtimestamp(ts).astimezone())
+        return got
+    if ts.tzinfo is None:
         ts = ts.astimezone()
     offset = ts.utcoffset() or _dt.timedelta(0)
     minutes = int(offset.total_seconds() // 60)

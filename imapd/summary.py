@@ -20,7 +20,7 @@ import re
 from collections import OrderedDict
 
 from .fetch import ENVELOPE_FIELDS, PART_FIELDS, Fields, structure_node
-from .mime import MAX_DEPTH, MAX_PARTS, split_header
+from .mime import _HEADER_END, MAX_DEPTH, MAX_PARTS, parse_header_fields, split_header, to_crlf
 
 HEADERS = 1
 STRUCTURE = 2
@@ -41,7 +41,8 @@ class _Rendered:
     def __init__(self, budget: int):
         self.budget = budget
         self.size = 0
-        self.items: OrderedDict[tuple, bytes] = OrderedDict()
+        self.items: OrderedDict[tuple, object] = OrderedDict()
+        self.sizes: dict[tuple, int] = {}
 
     def get(self, key: tuple) -> bytes | None:
         value = self.items.get(key)
@@ -49,18 +50,77 @@ class _Rendered:
             self.items.move_to_end(key)
         return value
 
-    def put(self, key: tuple, value: bytes) -> None:
+    def put(self, key: tuple, value, size: int | None = None) -> None:
         old = self.items.pop(key, None)
         if old is not None:
-            self.size -= len(old)
+            self.size -= self.sizes.pop(key)
+        size = len(value) if size is None else size
         self.items[key] = value
-        self.size += len(value)
+        self.sizes[key] = size
+        self.size += size
         while self.size > self.budget and self.items:
-            _key, dropped = self.items.popitem(last=False)
-            self.size -= len(dropped)
+            dropped, _value = self.items.popitem(last=False)
+            self.size -= self.sizes.pop(dropped)
 
 
 _rendered = _Rendered(4 << 20)
+
+
+class TopHeader:
+    """A message's top-level header (CRLF, blank line included) and, parsed on first
+    use, its fields: what BODY[HEADER], BODY[HEADER.FIELDS ...] and RFC822.HEADER
+    answer from, without reading the body or parsing the MIME parts."""
+
+    __slots__ = ("header", "_fields")
+
+    def __init__(self, header: bytes):
+        self.header = header
+        self._fields = None
+
+    def header_fields(self, names: tuple[str, ...], negate: bool) -> bytes:
+        """As imapd.mime.Part.header_fields."""
+        if self._fields is None:
+            self._fields = parse_header_fields(self.header)
+        wanted = {n.lower() for n in names}
+        return to_crlf(b"".join(raw for name, _v, raw in self._fields if (name in wanted) != negate)) + b"\r\n"
+
+
+_headers = _Rendered(2 << 20)
+
+
+def top_header(sel, uid: int) -> TopHeader:
+    """The message's top-level header: from a message this session has loaded, from
+    those kept in this process (by file base name: a message's content never changes
+    under it), or read from the start of its file up to the blank line."""
+    got = sel._loaded.get(uid)
+    if got is not None:
+        return TopHeader(got.header_and_body()[0])
+    key = (str(sel.mailbox.path), sel.message(uid).basename)
+    value = _headers.items.get(key)
+    if value is not None:
+        _headers.items.move_to_end(key)
+        return value
+    header = _read_header(sel.mailbox, uid)
+    value = TopHeader(header) if header is not None else TopHeader(sel.load(uid).header_and_body()[0])
+    _headers.put(key, value, len(value.header))
+    return value
+
+
+def _read_header(box, uid: int) -> bytes | None:
+    """The top-level header as split_header gives it from the whole message (CRLF),
+    read in steps; None past HEADER_LIMIT (the caller reads the whole message)."""
+    with box.open(uid) as f:
+        data = f.read(HEADER_STEP)
+        while True:
+            if data.startswith((b"\r\n", b"\n")) or _HEADER_END.search(data):
+                break
+            if len(data) >= HEADER_LIMIT:
+                return None
+            more = f.read(HEADER_STEP)
+            if not more:
+                break  # all header, no body
+            data += more
+    return split_header(to_crlf(data))[0]
 
 
 def rendered(sel, uid: int, kind: str, make) -> bytes:

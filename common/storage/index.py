@@ -1431,7 +1431,8 @@ class MailboxState:
                     self._cur_changed_here(known and self._chases == chases)
         return removed, freed
 
-    def commit_files(self, files: list[tuple[str, str, float]], sync: bool = True) -> list[int]:
+    def commit_files(self, files: list[tuple[str, str, float]], sync: bool = True,
+                     claim: list[int] | None = None) -> list[int]:
         """Rename finished files (in tmp/) into cur/ under the given names and give them
         UIDs in order (appended to dovecot-uidlist). Durable on return, and only then
         may their UIDs be told: where syncfs(2) exists one call makes the files, cur/
@@ -1439,7 +1440,9 @@ class MailboxState:
         elsewhere the caller fsync'd the files, and cur/ and the uidlist are fsync'd.
         With sync=False where syncfs(2) exists, that call is the caller's (so that
         one call, off the event loop, serves several sessions' writes): nobody may be
-        told the messages are saved before it returned."""
+        told the messages are saved before it returned. With `claim` (a list), the
+        messages still \\Recent, these included, are claimed under the same lock
+        (claim_recent) and added to it."""
         with self.locked():
             cur = self._cur_dir
             known = self._cur_known_now()
@@ -1465,6 +1468,8 @@ class MailboxState:
                 uids.append(uid)
             self.next_uid = max(self.next_uid, ul.next_uid)
             self._cur_changed_here(known)
+            if claim is not None:
+                claim.extend(self.claim_recent())
         return uids
 
     def close_files(self) -> None:

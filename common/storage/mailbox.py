@@ -58,6 +58,7 @@ class Mailbox:
         self._dir = str(path)
         self.readonly = readonly
         self.claims_recent = (not readonly) if claim_recent is None else claim_recent
+        self._claimed: list[int] = []  # claimed while appending, for the next sync
         self.state: MailboxState = state_for(store, name, self.path)
         self.state.views += 1
         self._by_uid: dict[int, Message] = {}
@@ -124,6 +125,8 @@ class Mailbox:
         # Claimed before this view catches up: the claim may learn of messages another
         # process added meanwhile, and they must be in this view to be its \Recent.
         claimed = state.claim_recent() if self.claims_recent and state.first_recent_uid < state.next_uid else []
+        if self._claimed:
+            claimed, self._claimed = self._claimed + claimed, []
         changes = self._catch_up()
         self._uidvalidity = state.uidvalidity
         self.recent.update(u for u in claimed if u in self._by_uid)
@@ -283,7 +286,10 @@ class Mailbox:
         get their UIDs in one uidlist update, or none is kept. Returns their UIDs in
         order; durable when it returns (with sync=False: see save_messages)."""
         self._writable()
-        return save_messages(self.mailstore, self.state, messages, sync)
+        # A view that takes \Recent claims its own new messages as it commits them
+        # (one lock instead of a second at the next sync).
+        return save_messages(self.mailstore, self.state, messages, sync,
+                             self._claimed if self.claims_recent else None)
 
     def copy(self, uids: Iterable[int], dest: str, sync: bool = True) -> list[tuple[int, int]]:
         """Copy messages (hard links where possible) with their flags; returns
@@ -370,7 +376,8 @@ class Mailbox:
         self._list = []
 
 
-def save_messages(store, state: MailboxState, messages, sync: bool = True) -> list[int]:
+def save_messages(store, state: MailboxState, messages, sync: bool = True,
+                  claim: list[int] | None = None) -> list[int]:
     """Write (data, flags, internaldate) messages into the mailbox: each file fsync'd
     in tmp/, then all renamed into cur/ and given UIDs together (MailboxState.
     commit_files), or none is kept. Returns their UIDs; durable when it returns.
@@ -397,7 +404,7 @@ def save_messages(store, state: MailboxState, messages, sync: bool = True) -> li
             if internaldate is not None:
                 os.utime(tmp, (internaldate, internaldate), follow_symlinks=False)
             files.append((tmp, f"{base}:2,{flag_letters(flags, index)}", os.lstat(tmp).st_mtime))
-        uids = state.commit_files(files, sync)
+        uids = state.commit_files(files, sync, claim)
     except BaseException as e:
         for tmp, final, _ in files:
             for leftover in (tmp, os.path.join(state._cur_dir, final)):

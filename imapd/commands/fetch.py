@@ -52,21 +52,31 @@ def _render(conn, sel, uid: int, att: FetchAtt) -> bytes:
     if name == "BODY" and att.section is None:
         return b"BODY " + summary.rendered(
             sel, uid, name, lambda: items.body_structure(summary.structure(sel, uid), extensible=False))
+    section = att.section
+    if name == "RFC822.HEADER" or (section is not None and not section.part
+                                   and section.text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")):
+        # the top-level header alone: not the body, no MIME parse
+        top = summary.top_header(sel, uid)
+        if name == "RFC822.HEADER":
+            return b"RFC822.HEADER " + literal(top.header)
+        whole = top.header if section.text == "HEADER" else \
+            top.header_fields(section.fields, negate=section.text == "HEADER.FIELDS.NOT")
+        label = b"BODY[" + str(section).encode() + b"]"
+        if att.partial is not None:
+            label += b"<%d>" % att.partial[0]
+        return label + b" " + literal(items.partial(whole, att.partial))
     loaded = sel.load(uid)
-    if att.section is not None and not att.section.part and not att.section.text:
+    if section is not None and not section.part and not section.text:
         # BODY[] and BODY.PEEK[]: the whole message, no MIME parse needed
         label = b"BODY[]" if att.partial is None else b"BODY[]<%d>" % att.partial[0]
         return label + b" " + literal(items.partial(loaded.data, att.partial))
     if name == "RFC822":
         return b"RFC822 " + literal(loaded.data)
-    if name == "RFC822.HEADER":
-        return b"RFC822.HEADER " + literal(loaded.header_and_body()[0])
     if name == "RFC822.TEXT":
         return b"RFC822.TEXT " + literal(loaded.header_and_body()[1])
     # BODY[section]<partial> and BODY.PEEK[...]
-    section = att.section
-    if not section.part and section.text in ("HEADER", "TEXT"):
-        whole = loaded.header_and_body()[0 if section.text == "HEADER" else 1]  # no MIME parse needed
+    if not section.part and section.text == "TEXT":
+        whole = loaded.header_and_body()[1]  # no MIME parse needed
     else:
         whole = items.section_bytes(loaded.tree, section)
     data = items.partial(whole, att.partial)

@@ -370,3 +370,32 @@ def test_malformed_addresses_over_imap(imapd, value):
     expected = parse_parens(MALFORMED_ADDRESSES[value]) if MALFORMED_ADDRESSES[value] != b"NIL" else None
     assert fields[2] == expected
     c.logout()
+
+
+def test_header_read_in_steps_matches_the_whole_message(tmp_path, monkeypatch):
+    """FETCH answers BODY[HEADER...] and RFC822.HEADER from the start of the file
+    alone: whatever the line ends and wherever the steps cut the blank line, the
+    header is the one split from the whole message."""
+    import random
+
+    from imapd import summary
+    from imapd.mime import _HEADER_END, split_header, to_crlf
+
+    class Box:
+        def open(self, uid):
+            return open(path, "rb")
+
+    monkeypatch.setattr(summary, "HEADER_STEP", 3)
+    monkeypatch.setattr(summary, "HEADER_LIMIT", 64)
+    rng = random.Random(11)
+    pieces = [b"A: b", b"\r\n", b"\n", b"\r", b" c", b"\r\n\r\n", b"\n\n", b"x"]
+    path = tmp_path / "m"
+    for _ in range(3000):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 30)))
+        path.write_bytes(data)
+        got = summary._read_header(Box(), 1)
+        whole = split_header(to_crlf(data))[0]
+        if got is None:  # no blank line in the first 66 octets (22 steps): read whole
+            assert len(data) >= 66 and not data.startswith((b"\r\n", b"\n")) and not _HEADER_END.search(data[:66])
+        else:
+            assert got == whole, data
