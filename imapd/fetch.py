@@ -73,10 +73,39 @@ def _skip_comment(s: bytes, i: int) -> int:
     return i + 1
 
 
+# The common forms, `Name Words <local@domain>` and `local@domain`, in a list that
+# holds nothing else: one match each (the general parser gives the same answer).
+_WORD = rb'[^ \t\r\n()<>@,;:".\[\]]+'
+_DOTTED = _WORD + rb'(?:\.' + _WORD + rb')*'
+_SIMPLE_ADDRESS = re.compile(rb'[ \t]*(?:(?:(' + _WORD + rb'(?:[ \t]+' + _WORD + rb')*)[ \t]*)?<(' + _DOTTED + rb')@('
+                             + _DOTTED + rb')>|(' + _DOTTED + rb')@(' + _DOTTED + rb'))[ \t]*(?:,|\Z)')
+
+
+def _simple_addresses(value: bytes) -> list[tuple] | None:
+    """parse_addresses of a list of only the common forms, or None for anything else."""
+    out: list[tuple] = []
+    pos, n = 0, len(value)
+    match = _SIMPLE_ADDRESS.match
+    while pos < n:
+        m = match(value, pos)
+        if m is None or len(out) >= MAX_ADDRESSES:
+            return None
+        name, local, domain, bare_local, bare_domain = m.groups()
+        if local is not None:
+            out.append((b" ".join(name.split()) if name is not None else None, None, local, domain))
+        else:
+            out.append((None, None, bare_local, bare_domain))
+        pos = m.end()
+    return out or None
+
+
 def parse_addresses(value: bytes) -> list[tuple]:
     """An address-list header into IMAP address structures:
     (name, adl, mailbox, host), with group start (None, None, group, None) and
     group end (None, None, None, None). Garbage yields what could be recognised."""
+    simple = _simple_addresses(value)
+    if simple is not None:
+        return simple
     out: list[tuple] = []
     phrase: list[bytes] = []
     local: list[bytes] = []
@@ -153,12 +182,20 @@ def envelope(msg) -> bytes:
     def h(name: bytes):
         return msg.get(name)
 
+    rendered: dict[bytes | None, bytes] = {}
+
+    def addresses(value: bytes | None) -> bytes:  # From is often Sender and Reply-To too
+        got = rendered.get(value)
+        if got is None:
+            got = rendered[value] = _address_list(value)
+        return got
+
     sender = h(b"sender") or h(b"from")
     reply_to = h(b"reply-to") or h(b"from")
     items = [
         nstring(h(b"date")), nstring(h(b"subject")),
-        _address_list(h(b"from")), _address_list(sender), _address_list(reply_to),
-        _address_list(h(b"to")), _address_list(h(b"cc")), _address_list(h(b"bcc")),
+        addresses(h(b"from")), addresses(sender), addresses(reply_to),
+        addresses(h(b"to")), addresses(h(b"cc")), addresses(h(b"bcc")),
         nstring(h(b"in-reply-to")), nstring(h(b"message-id")),
     ]
     return paren(items)
