@@ -29,29 +29,37 @@ from .selected import resolve
 SETS_SEEN = {"BODY", "RFC822", "RFC822.TEXT"}
 
 
-def _render(conn, sel, uid: int, att: FetchAtt) -> bytes:
-    msg = sel.message(uid)
+def _renderer(sel, att: FetchAtt):
+    """The function (uid, msg) -> bytes that renders `att` of a message: chosen once
+    per command, not once per message and item."""
     name = att.name
     if name == "UID":
-        return b"UID %d" % uid
+        return lambda uid, msg: b"UID %d" % uid
     if name == "FLAGS":
-        return b"FLAGS " + sel.flags_response(uid)
+        flags = sel.flags_response
+        return lambda uid, msg: b"FLAGS " + flags(uid)
     if name == "MODSEQ":
-        return b"MODSEQ (%d)" % msg.modseq
+        return lambda uid, msg: b"MODSEQ (%d)" % msg.modseq
     if name == "INTERNALDATE":
-        return b"INTERNALDATE " + date_time(msg.internaldate)
+        return lambda uid, msg: b"INTERNALDATE " + date_time(msg.internaldate)
     if name == "RFC822.SIZE":
-        return b"RFC822.SIZE %d" % msg.vsize
+        return lambda uid, msg: b"RFC822.SIZE %d" % msg.vsize
     # Envelope and structure come from the mailbox's cache when it has them.
     if name == "ENVELOPE":
-        return b"ENVELOPE " + summary.rendered(
-            sel, uid, name, lambda: items.envelope(summary.header_fields(sel, uid)))
+        return summary.renderer(sel, name, b"ENVELOPE ",
+                                lambda uid: items.envelope(summary.header_fields(sel, uid)))
     if name == "BODYSTRUCTURE":
-        return b"BODYSTRUCTURE " + summary.rendered(
-            sel, uid, name, lambda: items.body_structure(summary.structure(sel, uid), extensible=True))
+        return summary.renderer(sel, name, b"BODYSTRUCTURE ",
+                                lambda uid: items.body_structure(summary.structure(sel, uid), extensible=True))
     if name == "BODY" and att.section is None:
-        return b"BODY " + summary.rendered(
-            sel, uid, name, lambda: items.body_structure(summary.structure(sel, uid), extensible=False))
+        return summary.renderer(sel, name, b"BODY ",
+                                lambda uid: items.body_structure(summary.structure(sel, uid), extensible=False))
+    return lambda uid, msg: _render_content(sel, uid, att)
+
+
+def _render_content(sel, uid: int, att: FetchAtt) -> bytes:
+    """Items of the message's octets: BODY[section]<partial>, RFC822, RFC822.HEADER, RFC822.TEXT."""
+    name = att.name
     section = att.section
     if name == "RFC822.HEADER" or (section is not None and not section.part
                                    and section.text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")):
@@ -126,22 +134,25 @@ def _fetch(conn, tag, r, uid_mode: bool):
     r.end()
     sel = conn.selected
     pairs = resolve(conn, seqset, uid_mode)
-    if uid_mode and not any(a.name == "UID" for a in atts):
+    names = {a.name for a in atts}
+    if uid_mode and "UID" not in names:
         atts = [FetchAtt("UID"), *atts]
-    if changed_since is not None or any(a.name == "MODSEQ" for a in atts):
+        names.add("UID")
+    if changed_since is not None or "MODSEQ" in names:
         conn.enable_condstore()
     if changed_since is not None:
-        if not any(a.name == "MODSEQ" for a in atts):
+        if "MODSEQ" not in names:
             atts = [*atts, FetchAtt("MODSEQ")]
+            names.add("MODSEQ")
         if vanished:
             conn.send(sel.vanished_response(changed_since, seqset))
         pairs = [(seq, uid) for seq, uid in pairs if sel.modseq_of(uid) > changed_since]
-    if all(a.name in _VIEW_ITEMS for a in atts):
+    if names <= _VIEW_ITEMS:
         conn.send(b"".join(_view_lines(sel, pairs, atts)))
         return Done("Fetch completed")
-    wants_flags = any(a.name == "FLAGS" for a in atts)
-    sets_seen = not sel.readonly and any(a.name in SETS_SEEN and (a.name != "BODY" or a.section is not None)
-                                         for a in atts)
+    wants_flags = "FLAGS" in names
+    sets_seen = not sel.readonly and not names.isdisjoint(SETS_SEEN) and \
+        any(a.name in SETS_SEEN and (a.name != "BODY" or a.section is not None) for a in atts)
     seen_now: set[int] = set()
     if sets_seen:
         unseen = [uid for _seq, uid in pairs
@@ -152,12 +163,16 @@ def _fetch(conn, tag, r, uid_mode: bool):
             sel.note_own_flags(updated)
             seen_now = {m.uid for m in updated}
     missing = False
+    renderers = [_renderer(sel, att) for att in atts]
+    known = sel.known
+    out = []
     for seq, uid in pairs:
-        if sel.message(uid) is None:
+        msg = known.get(uid)
+        if msg is None:
             missing = True
             continue
         try:
-            parts = [_render(conn, sel, uid, att) for att in atts]
+            parts = [render(uid, msg) for render in renderers]
         except StorageError as e:
             conn.log.debug("fetch skipped UID {uid}: {error!r}", uid=uid, error=e)
             missing = True
@@ -166,11 +181,13 @@ def _fetch(conn, tag, r, uid_mode: bool):
             if not wants_flags:
                 parts.append(b"FLAGS " + sel.flags_response(uid))
             # an implicit \Seen once CONDSTORE is on: UID and MODSEQ too (RFC 7162 3.1)
-            if sel.condstore and not any(a.name == "MODSEQ" for a in atts):
+            if sel.condstore and "MODSEQ" not in names:
                 parts.append(b"MODSEQ (%d)" % sel.modseq_of(uid))
-            if sel.condstore and not any(a.name == "UID" for a in atts):
+            if sel.condstore and "UID" not in names:
                 parts.insert(0, b"UID %d" % uid)
-        conn.send(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
+        out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
+    if out:
+        conn.send(b"".join(out))
     if missing:
         return Done("Some messages were expunged", "EXPUNGEISSUED", status="NO")
     return Done("Fetch completed")
