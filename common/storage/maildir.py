@@ -92,6 +92,7 @@ class MailStore:
         self.owner = owner
         self.quota = MaildirSize(self.root, owner)
         self._special_cache: tuple[tuple, dict[str, str]] | None = None  # (file signature, table)
+        self._special_path = os.path.join(self.root, SPECIAL_USE)
         if not _is_real_dir(self.root / "cur"):
             if not create:
                 raise MailboxNotFound(f"no maildir at {self.root}")
@@ -294,8 +295,10 @@ class MailStore:
     def _special_use_table(self) -> dict[str, str]:
         """The special-use file, parsed (again only when the file was replaced)."""
         try:
-            st = os.stat(self.root / SPECIAL_USE, follow_symlinks=False)
+            st = os.stat(self._special_path, follow_symlinks=False)
             sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            return {}  # none written yet (the usual case)
         except OSError:
             sig = None
         if sig is not None and self._special_cache is not None and self._special_cache[0] == sig:
@@ -372,9 +375,10 @@ class MailStore:
         with the maildir without moving anything: for STATUS and LIST-STATUS."""
         from .index import state_for
         name = self._validate(name)
-        if not self.mailbox_exists(name):
+        path = self.root if name == INBOX else self.root / folder_dirname(name)
+        if not (_is_real_dir(path) and _is_real_dir(os.path.join(path, "cur"))):
             raise MailboxNotFound(name)
-        state = state_for(self, name, self.mailbox_path(name))
+        state = state_for(self, name, path)
         state.refresh(move_new=False)
         if state.views == 0:
             state.close_files()  # reopened at the next use: STATUS of many folders holds none open
