@@ -42,6 +42,9 @@ _SECTION_WORD = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 #: Reader._take's compiled character runs, by character set.
 _RUNS: dict[frozenset, re.Pattern] = {}
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,10})(\+?)\}\r?\n\Z")
+_LITERAL = re.compile(rb"[~]?\{(\d{1,10})\+?\}\r\n")
+_DATE = re.compile(rb"(\d{1,2})-([A-Za-z]{3})-(\d{4})")
+_DATE_TIME = re.compile(rb'"([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"')
 #: Reader.maybe: whether a token has letters (compared without case).
 _CASELESS: dict[bytes, bool] = {}
 
@@ -446,7 +449,7 @@ class Reader:
             out.append(c)
 
     def literal(self) -> bytes:
-        m = re.compile(rb"[~]?\{(\d{1,10})\+?\}\r\n").match(self.data, self.pos)
+        m = _LITERAL.match(self.data, self.pos)
         if not m:
             raise ParseError("Invalid literal")
         n = int(m.group(1))
@@ -551,7 +554,7 @@ class Reader:
 
     def date(self) -> _dt.date:
         quoted = self.maybe(b'"')
-        m = re.compile(rb"(\d{1,2})-([A-Za-z]{3})-(\d{4})").match(self.data, self.pos)
+        m = _DATE.match(self.data, self.pos)
         if not m:
             raise ParseError("Invalid date")
         self.pos = m.end()
@@ -564,7 +567,7 @@ class Reader:
             raise ParseError("Invalid date") from None
 
     def date_time(self) -> _dt.datetime:
-        m = re.compile(rb'"([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"').match(self.data, self.pos)
+        m = _DATE_TIME.match(self.data, self.pos)
         if not m:
             raise ParseError("Invalid date-time")
         self.pos = m.end()
