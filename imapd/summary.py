@@ -123,14 +123,22 @@ def _read_header(box, uid: int) -> bytes | None:
     return split_header(to_crlf(data))[0]
 
 
-def rendered(sel, uid: int, kind: str, make) -> bytes:
-    """make() -- the rendering of item `kind` of message uid -- or the one kept."""
-    key = (str(sel.mailbox.path), sel.message(uid).basename, kind)
-    value = _rendered.get(key)
-    if value is None:
-        value = make()
-        _rendered.put(key, value)
-    return value
+def renderer(sel, kind: str, label: bytes, make):
+    """A FETCH item renderer (uid, msg) -> label + the rendering of item `kind`:
+    the one kept for the message, or make(uid) (then kept)."""
+    path = str(sel.mailbox.path)
+    items = _rendered.items
+
+    def render(uid: int, msg) -> bytes:
+        key = (path, msg.basename, kind)
+        value = items.get(key)
+        if value is None:
+            value = make(uid)
+            _rendered.put(key, value)
+        else:
+            items.move_to_end(key)
+        return label + value
+    return render
 
 
 def header_fields(sel, uid: int) -> Fields:
