@@ -96,9 +96,8 @@ def top_header(sel, uid: int) -> TopHeader:
     if got is not None:
         return TopHeader(got.header_and_body()[0])
     key = (str(sel.mailbox.path), sel.message(uid).basename)
-    value = _headers.items.get(key)
+    value = _headers.get(key)
     if value is not None:
-        _headers.items.move_to_end(key)
         return value
     header = _read_header(sel.mailbox, uid)
     value = TopHeader(header) if header is not None else TopHeader(sel.load(uid).header_and_body()[0])
@@ -127,16 +126,14 @@ def renderer(sel, kind: str, label: bytes, make):
     """A FETCH item renderer (uid, msg) -> label + the rendering of item `kind`:
     the one kept for the message, or make(uid) (then kept)."""
     path = str(sel.mailbox.path)
-    items = _rendered.items
+    get = _rendered.get
 
     def render(uid: int, msg) -> bytes:
         key = (path, msg.basename, kind)
-        value = items.get(key)
+        value = get(key)
         if value is None:
             value = make(uid)
             _rendered.put(key, value)
-        else:
-            items.move_to_end(key)
         return label + value
     return render
 
