@@ -79,6 +79,13 @@ _WSP_RUN = re.compile(rb"[ \t\r\n]*")
 _TOKEN_RUNS = {stops: re.compile(b"[^" + re.escape(stops) + rb" \t\r\n(]*") for stops in (b";", b"=;")}
 
 
+def select_fields(fields: list[tuple[str, bytes, bytes]], names: tuple[str, ...], negate: bool) -> bytes:
+    """The raw fields (of parse_header_fields) named, or all others with negate, and
+    a blank line: BODY[HEADER.FIELDS (...)] and BODY[HEADER.FIELDS.NOT (...)]."""
+    wanted = {n.lower() for n in names}
+    return to_crlf(b"".join(raw for name, _v, raw in fields if (name in wanted) != negate)) + b"\r\n"
+
+
 def _skip_cfws(s: bytes, i: int) -> int:
     """Past white space and (nested, escaped) comments."""
     n = len(s)
@@ -206,9 +213,7 @@ class Part:
 
     def header_fields(self, names: tuple[str, ...], negate: bool) -> bytes:
         """HEADER.FIELDS (names) or HEADER.FIELDS.NOT: the matching raw fields and a blank line."""
-        wanted = {n.lower() for n in names}
-        out = [raw for name, _v, raw in self.fields if (name in wanted) != negate]
-        return to_crlf(b"".join(out)) + b"\r\n"
+        return select_fields(self.fields, names, negate)
 
     def find(self, path: tuple[int, ...]) -> "Part | None":
         """The body part a section number names (RFC 3501 6.4.5)."""

@@ -49,6 +49,11 @@ _DATE_TIME = re.compile(rb'"([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d)
 _CASELESS: dict[bytes, bool] = {}
 
 
+def char_class(chars) -> bytes:
+    """A regular expression character class of these octets: b"[...]"."""
+    return b"[" + b"".join(re.escape(bytes([c])) for c in sorted(chars)) + b"]"
+
+
 class ParseError(Exception):
     """The command is not valid IMAP; answered with a tagged BAD carrying `text`."""
 
@@ -391,8 +396,7 @@ class Reader:
         character set, not a Python loop per octet)."""
         rx = _RUNS.get(chars)
         if rx is None:
-            klass = b"".join(re.escape(bytes([c])) for c in sorted(chars))
-            rx = _RUNS[chars] = re.compile(b"[" + klass + b"]*")
+            rx = _RUNS[chars] = re.compile(char_class(chars) + b"*")
         start = self.pos
         self.pos = rx.match(self.data, start).end()
         return self.data[start: self.pos]
@@ -711,8 +715,7 @@ class Reader:
         raise ParseError("Unknown search key")
 
 
-_COMMAND_HEAD = re.compile(b"([" + b"".join(re.escape(bytes([c])) for c in sorted(TAG_CHARS)) + b"]+) (["
-                           + b"".join(re.escape(bytes([c])) for c in sorted(ATOM_CHARS)) + b"]+)")
+_COMMAND_HEAD = re.compile(b"(" + char_class(TAG_CHARS) + b"+) (" + char_class(ATOM_CHARS) + b"+)")
 
 
 def parse_command_head(data: bytes) -> tuple[bytes, str, Reader]:

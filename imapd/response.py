@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-from .parser import ASTRING_CHARS, MONTHS
+from .parser import ASTRING_CHARS, MONTHS, char_class
 
 MAX_QUOTED = 1024
 # What a quoted string cannot carry (anything but printable ASCII), and what an
 # astring cannot be sent as an atom with: one regular expression scan each.
 _UNQUOTABLE = re.compile(rb"[^\x20-\x7e]")
-_NOT_ASTRING = re.compile(b"[^" + b"".join(re.escape(bytes([c])) for c in sorted(ASTRING_CHARS)) + b"]")
+_NOT_ASTRING = re.compile(b"[^" + char_class(ASTRING_CHARS)[1:])
 
 
 def string(value: bytes | str) -> bytes:

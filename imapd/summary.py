@@ -20,7 +20,7 @@ import re
 from collections import OrderedDict
 
 from .fetch import ENVELOPE_FIELDS, PART_FIELDS, Fields, structure_node
-from .mime import _HEADER_END, MAX_DEPTH, MAX_PARTS, parse_header_fields, split_header, to_crlf
+from .mime import _HEADER_END, MAX_DEPTH, MAX_PARTS, parse_header_fields, select_fields, split_header, to_crlf
 
 HEADERS = 1
 STRUCTURE = 2
@@ -81,8 +81,7 @@ class TopHeader:
         """As imapd.mime.Part.header_fields."""
         if self._fields is None:
             self._fields = parse_header_fields(self.header)
-        wanted = {n.lower() for n in names}
-        return to_crlf(b"".join(raw for name, _v, raw in self._fields if (name in wanted) != negate)) + b"\r\n"
+        return select_fields(self._fields, names, negate)
 
 
 _headers = _Rendered(2 << 20)
@@ -105,20 +104,29 @@ def top_header(sel, uid: int) -> TopHeader:
     return value
 
 
-def _read_header(box, uid: int) -> bytes | None:
-    """The top-level header as split_header gives it from the whole message (CRLF),
-    read in steps; None past HEADER_LIMIT (the caller reads the whole message)."""
+def _header_ends(data: bytes) -> bool:
+    return data.startswith((b"\r\n", b"\n")) or _HEADER_END.search(data) is not None
+
+
+def _read_start(box, uid: int) -> bytes:
+    """The start of the message's file, read in steps: through the blank line that
+    ends its header, or HEADER_LIMIT octets (a little more), or all of it."""
     with box.open(uid) as f:
         data = f.read(HEADER_STEP)
-        while True:
-            if data.startswith((b"\r\n", b"\n")) or _HEADER_END.search(data):
-                break
-            if len(data) >= HEADER_LIMIT:
-                return None
+        while not _header_ends(data) and len(data) < HEADER_LIMIT:
             more = f.read(HEADER_STEP)
             if not more:
                 break  # all header, no body
             data += more
+    return data
+
+
+def _read_header(box, uid: int) -> bytes | None:
+    """The top-level header as split_header gives it from the whole message (CRLF);
+    None past HEADER_LIMIT (the caller reads the whole message)."""
+    data = _read_start(box, uid)
+    if len(data) >= HEADER_LIMIT and not _header_ends(data):
+        return None
     return split_header(to_crlf(data))[0]
 
 
@@ -177,14 +185,7 @@ _FOLD_RE = re.compile(rb"\r?\n(?=[ \t])")
 
 
 def _read_fields(box, uid: int) -> dict[str, str]:
-    with box.open(uid) as f:
-        data = f.read(HEADER_STEP)
-        while len(data) < HEADER_LIMIT and b"\n\n" not in data and b"\n\r\n" not in data:
-            more = f.read(HEADER_STEP)
-            if not more:
-                break
-            data += more
-    header, _body = split_header(data[:HEADER_LIMIT])
+    header, _body = split_header(_read_start(box, uid)[:HEADER_LIMIT])
     return {k.decode(): v.decode("latin-1") for k, v in header_values(header).items()}
 
 

@@ -84,6 +84,11 @@ def _is_real_dir(path: Path) -> bool:
         return False
 
 
+def _is_maildir(path: Path) -> bool:
+    """A folder, neither it nor its cur/ a symbolic link."""
+    return _is_real_dir(path) and _is_real_dir(os.path.join(path, "cur"))
+
+
 class MailStore:
     """One user's maildir: the folders, subscriptions, delivery and quota."""
 
@@ -141,7 +146,10 @@ class MailStore:
             raise InvalidMailboxName(f"{name!r}: {e}") from None
 
     def mailbox_path(self, name: str) -> Path:
-        name = self._validate(name)
+        return self._folder_path(self._validate(name))
+
+    def _folder_path(self, name: str) -> Path:
+        """The folder of a validated name."""
         return self.root if name == INBOX else self.root / folder_dirname(name)
 
     def list_mailboxes(self) -> list[str]:
@@ -161,7 +169,7 @@ class MailStore:
             path = self.mailbox_path(name)
         except InvalidMailboxName:
             return False
-        return _is_real_dir(path) and _is_real_dir(path / "cur")
+        return _is_maildir(path)
 
     def create_mailbox(self, name: str) -> None:
         name = self._validate(name)
@@ -375,8 +383,8 @@ class MailStore:
         with the maildir without moving anything: for STATUS and LIST-STATUS."""
         from .index import state_for
         name = self._validate(name)
-        path = self.root if name == INBOX else self.root / folder_dirname(name)
-        if not (_is_real_dir(path) and _is_real_dir(os.path.join(path, "cur"))):
+        path = self._folder_path(name)
+        if not _is_maildir(path):
             raise MailboxNotFound(name)
         state = state_for(self, name, path)
         state.refresh(move_new=False)

@@ -69,24 +69,19 @@ def _render_content(sel, uid: int, att: FetchAtt) -> bytes:
             return b"RFC822.HEADER " + literal(top.header)
         whole = top.header if section.text == "HEADER" else \
             top.header_fields(section.fields, negate=section.text == "HEADER.FIELDS.NOT")
-        label = b"BODY[" + str(section).encode() + b"]"
-        if att.partial is not None:
-            label += b"<%d>" % att.partial[0]
-        return label + b" " + literal(items.partial(whole, att.partial))
-    loaded = sel.load(uid)
-    if section is not None and not section.part and not section.text:
-        # BODY[] and BODY.PEEK[]: the whole message, no MIME parse needed
-        label = b"BODY[]" if att.partial is None else b"BODY[]<%d>" % att.partial[0]
-        return label + b" " + literal(items.partial(loaded.data, att.partial))
-    if name == "RFC822":
-        return b"RFC822 " + literal(loaded.data)
-    if name == "RFC822.TEXT":
-        return b"RFC822.TEXT " + literal(loaded.header_and_body()[1])
-    # BODY[section]<partial> and BODY.PEEK[...]
-    if not section.part and section.text == "TEXT":
-        whole = loaded.header_and_body()[1]  # no MIME parse needed
     else:
-        whole = items.section_bytes(loaded.tree, section)
+        loaded = sel.load(uid)
+        if name == "RFC822":
+            return b"RFC822 " + literal(loaded.data)
+        if name == "RFC822.TEXT":
+            return b"RFC822.TEXT " + literal(loaded.header_and_body()[1])
+        # BODY[section]<partial> and BODY.PEEK[...]
+        if not section.part and not section.text:
+            whole = loaded.data  # BODY[]: the whole message, no MIME parse needed
+        elif not section.part and section.text == "TEXT":
+            whole = loaded.header_and_body()[1]  # no MIME parse needed
+        else:
+            whole = items.section_bytes(loaded.tree, section)
     data = items.partial(whole, att.partial)
     label = b"BODY[" + str(att.section).encode() + b"]"
     if att.partial is not None:
